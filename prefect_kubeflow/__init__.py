@@ -1,0 +1,61 @@
+"""prefect-kubeflow: run Kubeflow Trainer TrainJobs through Prefect.
+
+Names are imported on first use, so a process can use the light parts (the detached
+supervisor starting nodes) without paying for Prefect's import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect_kubeflow.blocks import LocalProcessBackendConfig
+    from prefect_kubeflow.client import TrainerClient
+    from prefect_kubeflow.types import (
+        CustomTrainer,
+        CustomTrainerContainer,
+        Event,
+        Runtime,
+        RuntimeTrainer,
+        Step,
+        TrainerType,
+        TrainJob,
+    )
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TrainerClient": "prefect_kubeflow.client",
+    "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
+    "CustomTrainer": "prefect_kubeflow.types",
+    "CustomTrainerContainer": "prefect_kubeflow.types",
+    "Event": "prefect_kubeflow.types",
+    "Runtime": "prefect_kubeflow.types",
+    "RuntimeTrainer": "prefect_kubeflow.types",
+    "Step": "prefect_kubeflow.types",
+    "TrainerType": "prefect_kubeflow.types",
+    "TrainJob": "prefect_kubeflow.types",
+}
+__all__ = [
+    "CustomTrainer",
+    "CustomTrainerContainer",
+    "Event",
+    "LocalProcessBackendConfig",
+    "Runtime",
+    "RuntimeTrainer",
+    "Step",
+    "TrainJob",
+    "TrainerClient",
+    "TrainerType",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'prefect_kubeflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

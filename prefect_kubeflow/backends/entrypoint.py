@@ -1,0 +1,52 @@
+"""Run the shipped training function in a torchrun worker. Standard library only.
+
+Usage: ``python entrypoint.py JOB_DIR`` with ``JOB_DIR/function.py`` (the function's source) and
+``JOB_DIR/function.json`` (``{"name": ..., "args": {...}}``). No shell is involved.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Let the kernel kill this worker when its torchrun agent dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the agent died before the call above
+        sys.exit(1)
+
+
+def main(job_dir: str) -> None:
+    """Load the function and its arguments from `job_dir` and call it."""
+    _die_with_parent()
+    # One write per line: lines of ranks sharing the node's pipe never tear (writes up to
+    # PIPE_BUF bytes are atomic), and each line still arrives as soon as it is printed.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # Python put this file's folder first on sys.path; the user's working directory belongs there.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path if os.path.abspath(p or ".") != here]
+    source_path = os.path.join(job_dir, "function.py")
+    with open(os.path.join(job_dir, "function.json")) as file:
+        meta = json.load(file)
+    with open(source_path) as file:
+        source = file.read()
+    namespace: dict[str, Any] = {
+        "__name__": "__prefect_kubeflow_function__",
+        "__file__": source_path,
+    }
+    exec(compile(source, source_path, "exec"), namespace)  # noqa: S102 - the user's own function
+    namespace[meta["name"]](**meta["args"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,438 @@
+"""Local process backend: each node is a torchrun agent subprocess on this machine.
+
+A job is a directory: ``job.json`` (the record), ``function.py``/``function.json`` (what runs),
+``owner.json`` (the process that supervises the nodes), ``node-<i>.log`` and ``node-<i>.exit``.
+Status is derived from those files and from which processes live, so any process sees the same
+jobs. Nodes rendezvous statically on 127.0.0.1, node ``i`` having node rank ``i``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir, user_data_dir
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.backends import processes
+from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.logfile import (
+    STDERR,
+    STDOUT,
+    LogLine,
+    NodeLogWriter,
+    read_node_log,
+)
+from prefect_kubeflow.backends.venv import ensure_venv
+from prefect_kubeflow.errors import BackendError, JobNotFoundError
+from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
+
+APP_NAME = "prefect-kubeflow"
+ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
+MASTER_ADDR = "127.0.0.1"
+_ERROR_FILE = "error.txt"
+
+
+def local_gpu_count() -> int:
+    """NVIDIA GPUs visible on this machine, counted without importing torch."""
+    return sum(1 for d in Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolve_nproc_per_node(
+    value: int | str, resources: Mapping[str, Any], visible_gpus: int
+) -> tuple[int, str]:
+    """Processes per node and their device: an int is taken as is; ``auto`` is the GPU count
+    (from `resources`, else the visible GPUs), else the CPU count from `resources`, else 1."""
+    gpus = int(float(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+    device = (
+        "gpu" if gpus or (value == "auto" and visible_gpus and "cpu" not in resources) else "cpu"
+    )
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 1), device
+    if gpus:
+        return gpus, "gpu"
+    if "cpu" in resources:
+        cpu = str(resources["cpu"])
+        count = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+        return max(int(count), 1), "cpu"
+    return (visible_gpus, "gpu") if visible_gpus else (1, "cpu")
+
+
+def build_node_argv(
+    python: str, num_nodes: int, node_rank: int, nproc_per_node: int, port: int, job_dir: Path
+) -> list[str]:
+    """The torchrun command of one node: an argv list, never a shell string."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(num_nodes),
+        "--node_rank",
+        str(node_rank),
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--master_addr",
+        MASTER_ADDR,
+        "--master_port",
+        str(port),
+        str(ENTRYPOINT),
+        str(job_dir),
+    ]
+
+
+def build_node_env(
+    base: Mapping[str, str], user_env: Mapping[str, str], job_id: str
+) -> dict[str, str]:
+    """The parent's environment with the user's merged on top, plus the job's marker."""
+    return {**base, **user_env, processes.JOB_ID_ENV: job_id}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((MASTER_ADDR, 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _pump(process: subprocess.Popen[bytes], log: Path, exit_file: Path) -> None:
+    """Copy the node's pipes into its log file, then record its exit code."""
+    writer = NodeLogWriter(log)
+    selector = selectors.DefaultSelector()
+    assert process.stdout is not None and process.stderr is not None
+    selector.register(process.stdout, selectors.EVENT_READ, STDOUT)
+    selector.register(process.stderr, selectors.EVENT_READ, STDERR)
+    while selector.get_map():
+        for key, _ in selector.select():
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                writer.write(key.data, chunk)
+            else:
+                selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+    writer.close()
+    _write_json(exit_file, process.wait())
+
+
+@dataclass
+class _Record:
+    """The job record kept in ``job.json``."""
+
+    name: str
+    job_id: str
+    created: str
+    runtime: dict[str, Any]
+    num_nodes: int
+    nproc_per_node: int
+    device: str
+    function_name: str
+    func_args: dict[str, Any]
+    packages_to_install: list[str]
+    pip_index_urls: list[str]
+    env: dict[str, str]
+    resources_per_node: dict[str, Any]
+    workdir: str
+
+
+class LocalProcessBackend:
+    """Runs each node as a torchrun agent subprocess; jobs live under `jobs_dir`."""
+
+    # Handles of the nodes this process started, by job name: the only in-memory state, and
+    # only for waiting on this process's own children.
+    _started: dict[str, list[tuple[subprocess.Popen[bytes], threading.Thread]]] = {}
+
+    def __init__(self, jobs_dir: Path, venv_dir: Path, grace_period: float = 10.0) -> None:
+        self.jobs_dir = jobs_dir
+        self.venv_dir = venv_dir
+        self.grace_period = grace_period
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> LocalProcessBackend:
+        """Build from `LocalProcessBackendConfig`'s fields; unset folders get user defaults."""
+        return cls(
+            jobs_dir=Path(settings.get("jobs_dir") or Path(user_data_dir(APP_NAME)) / "jobs"),
+            venv_dir=Path(
+                settings.get("venv_cache_dir") or Path(user_cache_dir(APP_NAME)) / "venvs"
+            ),
+            grace_period=float(settings.get("stop_grace_period_seconds", 10.0)),
+        )
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        path = self.jobs_dir / name
+        if "/" in name or name in ("", ".", "..") or not (path / "job.json").exists():
+            raise JobNotFoundError(name, self._names())
+        return path
+
+    def _names(self) -> list[str]:
+        if not self.jobs_dir.is_dir():
+            return []
+        return [p.parent.name for p in self.jobs_dir.glob("*/job.json")]
+
+    def _record(self, name: str) -> _Record:
+        return _Record(**json.loads((self._dir(name) / "job.json").read_text()))
+
+    def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
+        """Write the job's record; start `supervisor` detached, or make this process the owner."""
+        nproc, device = resolve_nproc_per_node(
+            spec.num_proc_per_node, spec.resources_per_node, local_gpu_count()
+        )
+        trainer = spec.runtime.trainer
+        record = _Record(
+            name=spec.name,
+            job_id=uuid.uuid4().hex,
+            created=datetime.now(timezone.utc).isoformat(),
+            runtime={
+                "name": spec.runtime.name,
+                "framework": trainer.framework,
+                "image": trainer.image,
+                "num_nodes": trainer.num_nodes,
+            },
+            num_nodes=spec.num_nodes,
+            nproc_per_node=nproc,
+            device=device,
+            function_name=spec.function_name,
+            func_args=spec.func_args,
+            packages_to_install=spec.packages_to_install,
+            pip_index_urls=spec.pip_index_urls,
+            env=spec.env,
+            resources_per_node=spec.resources_per_node,
+            workdir=os.getcwd(),
+        )
+        job_dir = self.jobs_dir / spec.name
+        job_dir.mkdir(parents=True)
+        try:
+            (job_dir / "function.py").write_text(spec.function_source)
+            _write_json(
+                job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
+            )
+            owner: dict[str, Any]
+            if supervisor is None:
+                owner = {"pid": os.getpid(), "kind": "inline"}
+            else:
+                with open(job_dir / "supervisor.log", "wb") as log:
+                    child = subprocess.Popen(
+                        list(supervisor),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                owner = {"pid": child.pid, "kind": "supervisor"}
+            _write_json(
+                job_dir / "owner.json", {**owner, "start": processes.start_time(owner["pid"])}
+            )
+            # job.json last: a job is listed only once it is complete.
+            _write_json(job_dir / "job.json", asdict(record))
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+
+    def set_flow_run(self, name: str, flow_run_id: str) -> None:
+        """Remember the flow run that runs the job."""
+        _write_json(self._dir(name) / "flow_run.json", {"id": flow_run_id})
+
+    def flow_run_id(self, name: str) -> str | None:
+        """The flow run that runs the job, once it started."""
+        path = self._dir(name) / "flow_run.json"
+        return json.loads(path.read_text())["id"] if path.exists() else None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start_job(self, name: str) -> None:
+        """Start every node as a torchrun agent; build the package venv first if needed."""
+        if name in self._started:
+            return
+        record, job_dir = self._record(name), self._dir(name)
+        python = sys.executable
+        try:
+            if record.packages_to_install:
+                python = str(
+                    ensure_venv(
+                        self.venv_dir,
+                        record.packages_to_install,
+                        record.pip_index_urls,
+                        job_dir / "setup.log",
+                    )
+                )
+            port = _free_port()
+            env = build_node_env(os.environ, record.env, record.job_id)
+            started: list[tuple[subprocess.Popen[bytes], threading.Thread]] = []
+            self._started[name] = started
+            for rank in range(record.num_nodes):
+                argv = build_node_argv(
+                    python, record.num_nodes, rank, record.nproc_per_node, port, job_dir
+                )
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    cwd=record.workdir if Path(record.workdir).is_dir() else job_dir,
+                    start_new_session=True,
+                )
+                pump = threading.Thread(
+                    target=_pump,
+                    args=(process, job_dir / f"node-{rank}.log", job_dir / f"node-{rank}.exit"),
+                    name=f"{name}-node-{rank}-logs",
+                    daemon=True,
+                )
+                pump.start()
+                started.append((process, pump))
+        except (OSError, BackendError) as exc:
+            (job_dir / _ERROR_FILE).write_text(str(exc))
+            self.stop_job(name)
+            raise BackendError(f"TrainJob {name!r} could not start: {exc}") from exc
+
+    def wait_node(self, name: str, node_index: int) -> int:
+        """Block until the node ends and its log is complete; its exit code."""
+        process, pump = self._started[name][node_index]
+        pump.join()
+        return process.wait()
+
+    def stop_job(self, name: str) -> None:
+        """Stop every process of the job (torchrun agents and their workers)."""
+        processes.kill_marked(self._record(name).job_id, self.grace_period)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _owner_alive(self, job_dir: Path) -> bool:
+        owner = json.loads((job_dir / "owner.json").read_text())
+        return processes.is_alive(owner["pid"], owner["start"])
+
+    def get_job(self, name: str) -> TrainJob:
+        """The job as its files and processes show it now."""
+        return self._to_trainjob(self._record(name), self._dir(name))
+
+    def list_jobs(self) -> list[TrainJob]:
+        """Every job under `jobs_dir`, oldest first."""
+        jobs = []
+        for name in self._names():
+            try:
+                jobs.append(self.get_job(name))
+            except (JobNotFoundError, FileNotFoundError):
+                continue  # deleted while we listed
+        return sorted(jobs, key=lambda job: job.creation_timestamp)
+
+    def _to_trainjob(self, record: _Record, job_dir: Path) -> TrainJob:
+        exits: dict[int, int] = {}
+        for rank in range(record.num_nodes):
+            exit_file = job_dir / f"node-{rank}.exit"
+            if exit_file.exists():
+                exits[rank] = int(exit_file.read_text())
+        owner_alive = self._owner_alive(job_dir)
+        error = job_dir / _ERROR_FILE
+        steps = []
+        for rank in range(record.num_nodes):
+            if rank in exits:
+                status = constants.STEP_SUCCEEDED if exits[rank] == 0 else constants.STEP_FAILED
+            elif not owner_alive:
+                status = constants.STEP_FAILED
+            elif (job_dir / f"node-{rank}.log").exists():
+                status = constants.STEP_RUNNING
+            else:
+                status = constants.STEP_PENDING
+            steps.append(
+                Step(
+                    name=f"{constants.NODE}-{rank}",
+                    status=status,
+                    pod_name=f"{record.name}-{constants.NODE}-{rank}",
+                    device=record.device,
+                    device_count=str(record.nproc_per_node),
+                )
+            )
+        statuses = {step.status for step in steps}
+        message = None
+        if error.exists() or constants.STEP_FAILED in statuses:
+            status = constants.TRAINJOB_FAILED
+            message = error.read_text() if error.exists() else self._failure(job_dir, exits)
+        elif statuses == {constants.STEP_SUCCEEDED}:
+            status = constants.TRAINJOB_COMPLETE
+        elif constants.STEP_RUNNING in statuses:
+            status = constants.TRAINJOB_RUNNING
+        else:
+            status = constants.TRAINJOB_CREATED
+        trainer = RuntimeTrainer(
+            trainer_type=TrainerType.CUSTOM_TRAINER,
+            framework=record.runtime["framework"],
+            image=record.runtime["image"],
+            num_nodes=record.runtime["num_nodes"],
+            device=record.device,
+            device_count=str(record.nproc_per_node),
+        )
+        return TrainJob(
+            name=record.name,
+            runtime=Runtime(name=record.runtime["name"], trainer=trainer),
+            steps=steps,
+            num_nodes=record.num_nodes,
+            creation_timestamp=datetime.fromisoformat(record.created),
+            status=status,
+            message=message,
+        )
+
+    def _failure(self, job_dir: Path, exits: dict[int, int]) -> str:
+        """Why the job failed: the first node to fail, with its last error lines."""
+        failed = [r for r, code in exits.items() if code != 0]
+        if not failed:
+            owner = json.loads((job_dir / "owner.json").read_text())
+            return f"the process supervising the job (pid {owner['pid']}) died"
+        rank = min(failed, key=lambda r: (job_dir / f"node-{r}.exit").stat().st_mtime_ns)
+        code = exits[rank]
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        lines = list(read_node_log(job_dir / f"node-{rank}.log", tail_lines=200))
+        errors = [line.text for line in lines if line.stream == STDERR][-20:]
+        return f"{constants.NODE}-{rank} {how}" + ("\n" + "\n".join(errors) if errors else "")
+
+    def node_logs(
+        self, name: str, node_index: int, follow: bool, tail_lines: int | None
+    ) -> Iterator[LogLine]:
+        """One node's lines from its log file; with `follow`, until the node has ended."""
+        job_dir = self._dir(name)
+        exit_file = job_dir / f"node-{node_index}.exit"
+
+        def done() -> bool:
+            return exit_file.exists() or not job_dir.exists() or not self._owner_alive(job_dir)
+
+        return read_node_log(job_dir / f"node-{node_index}.log", follow, done, tail_lines)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def delete_job(self, name: str) -> None:
+        """Stop the supervisor and every node process, then remove the job's directory."""
+        record, job_dir = self._record(name), self._dir(name)
+        owner = json.loads((job_dir / "owner.json").read_text())
+        supervised = owner["kind"] == "supervisor"
+        if supervised and processes.is_alive(owner["pid"], owner["start"]):
+            # The supervisor stops the nodes and closes its flow run as Cancelled.
+            os.kill(owner["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_period + 5
+            while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        processes.kill_marked(record.job_id, self.grace_period)
+        if supervised and processes.is_alive(owner["pid"], owner["start"]):
+            os.kill(owner["pid"], signal.SIGKILL)
+        for process, pump in self._started.pop(name, []):
+            process.wait()
+            pump.join()
+        shutil.rmtree(job_dir)

@@ -1,0 +1,88 @@
+"""Virtual environments for `packages_to_install`, cached by what they contain.
+
+A venv is keyed by a hash of (interpreter, packages, index URLs), built once under a lock and
+reused by every later job asking for the same set. It sees the creating interpreter's packages
+(torch among them) through a ``.pth`` file, so pip installs only what is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+from prefect_kubeflow.errors import BackendError
+
+_COMPLETE = ".complete"
+
+
+def venv_key(packages: list[str], index_urls: list[str]) -> str:
+    """The cache key of a venv: what it is built from, hashed."""
+    identity = {
+        "python": sys.version,
+        "executable": str(Path(sys.executable).resolve()),
+        "packages": sorted(packages),
+        "index_urls": list(index_urls),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _python(path: Path) -> Path:
+    return path / "bin" / "python"
+
+
+def _build(path: Path, packages: list[str], index_urls: list[str], log: Path) -> None:
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(path)
+    site = subprocess.run(
+        [str(_python(path)), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # The parent's site-packages come after the venv's own: installed packages win.
+    parent_paths = dict.fromkeys(
+        [sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *sys.path[1:]]
+    )
+    Path(site, "_prefect_kubeflow_parent.pth").write_text(
+        "\n".join(p for p in parent_paths if p and Path(p).is_dir()) + "\n"
+    )
+    argv = [str(_python(path)), "-m", "pip", "install", "--no-input", "--index-url", index_urls[0]]
+    for extra in index_urls[1:]:
+        argv += ["--extra-index-url", extra]
+    with open(log, "ab") as out:
+        result = subprocess.run([*argv, *packages], stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        raise BackendError(
+            f"pip could not install packages_to_install {packages} from {index_urls}:\n"
+            + "\n".join(tail)
+        )
+
+
+def ensure_venv(cache_dir: Path, packages: list[str], index_urls: list[str], log: Path) -> Path:
+    """The python of a venv holding `packages`, building it if no job has yet.
+
+    Safe when several jobs ask at once: one builds under a file lock, the others wait and reuse.
+    A failed build leaves nothing behind.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = venv_key(packages, index_urls)
+    path = cache_dir / key
+    with open(cache_dir / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / _COMPLETE).exists():
+            return _python(path)
+        shutil.rmtree(path, ignore_errors=True)  # a build that died half-way
+        try:
+            _build(path, packages, index_urls, log)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        (path / _COMPLETE).write_text(json.dumps({"packages": packages, "index_urls": index_urls}))
+    return _python(path)

@@ -1,0 +1,301 @@
+"""`TrainerClient`: the Kubeflow SDK's client API, every TrainJob a Prefect flow run."""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.backends import backend_for
+from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.blocks import LocalProcessBackendConfig
+from prefect_kubeflow.errors import (
+    InvalidInputError,
+    InvalidStatusError,
+    JobFailedError,
+    JobTimeoutError,
+    StepNotFoundError,
+)
+from prefect_kubeflow.flows import server
+from prefect_kubeflow.flows.supervisor import supervisor_command
+from prefect_kubeflow.flows.trainjob import backend_settings, cancel_flow_run, run_trainjob
+from prefect_kubeflow.runtimes import RuntimeSpec, builtin_runtimes, get_runtime_spec
+from prefect_kubeflow.types import CustomTrainer, CustomTrainerContainer, Runtime, TrainJob
+
+_END = object()
+
+
+def _job_name() -> str:
+    """A random lowercase name: a letter, then hex digits (as the Kubeflow SDK)."""
+    return (
+        "abcdefghijklmnopqrstuvwxyz"[uuid.uuid4().int % 26]
+        + uuid.uuid4().hex[: constants.JOB_NAME_UUID_LENGTH]
+    )
+
+
+class TrainerClient:
+    """Create, watch and delete Kubeflow TrainJobs; each one runs as a Prefect flow run.
+
+    Args:
+        backend_config: Where nodes run. Defaults to `LocalProcessBackendConfig()`.
+
+    Raises:
+        InvalidInputError: `backend_config` is not a supported backend configuration.
+    """
+
+    def __init__(self, backend_config: LocalProcessBackendConfig | None = None) -> None:
+        self.backend_config = backend_config or LocalProcessBackendConfig()
+        self._kind = type(self.backend_config).__name__
+        self.backend = backend_for(self._kind, backend_settings(self.backend_config))
+
+    # -- runtimes ----------------------------------------------------------------------------
+
+    def list_runtimes(self) -> list[Runtime]:
+        """The available training runtimes."""
+        return [spec.runtime for spec in builtin_runtimes().values()]
+
+    def get_runtime(self, name: str) -> Runtime:
+        """The runtime called `name`.
+
+        Raises:
+            RuntimeNotFoundError: No runtime has this name (the message lists the known ones).
+        """
+        return get_runtime_spec(name).runtime
+
+    def _runtime_spec(self, runtime: str | Runtime | None) -> RuntimeSpec:
+        if runtime is None:
+            return get_runtime_spec(constants.DEFAULT_TRAINING_RUNTIME)
+        if isinstance(runtime, str):
+            return get_runtime_spec(runtime)
+        if isinstance(runtime, Runtime):
+            known = builtin_runtimes().get(runtime.name)
+            nproc = known.num_proc_per_node if known else "auto"
+            return RuntimeSpec(runtime, nproc)
+        raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def train(
+        self,
+        runtime: str | Runtime | None = None,
+        initializer: Any = None,
+        trainer: CustomTrainer | CustomTrainerContainer | None = None,
+        options: list[Any] | None = None,
+    ) -> str:
+        """Create a TrainJob running `trainer` on `runtime` (default ``torch-distributed``).
+
+        Outside a Prefect flow the job runs detached, in its own supervising process, and this
+        returns as soon as it is recorded. Inside a flow it runs as a subflow and this returns
+        when it has completed.
+
+        Returns:
+            The name of the TrainJob (also the name of its flow run).
+
+        Raises:
+            InvalidInputError: An argument is invalid; nothing was created.
+            RuntimeNotFoundError: `runtime` names no known runtime.
+            JobFailedError: (inside a flow) the job failed.
+        """
+        if initializer is not None or options:
+            raise InvalidInputError(
+                "initializer and options are not supported by the local process backend yet"
+            )
+        if not isinstance(trainer, CustomTrainer):
+            raise InvalidInputError(
+                f"trainer must be a CustomTrainer for the local process backend, got {trainer!r}"
+            )
+        runtime_spec = self._runtime_spec(runtime)
+        spec = JobSpec(
+            name=_job_name(),
+            runtime=runtime_spec.runtime,
+            num_nodes=trainer.num_nodes or runtime_spec.runtime.trainer.num_nodes,
+            num_proc_per_node=runtime_spec.num_proc_per_node,
+            function_name=trainer.func.__name__,
+            function_source=textwrap.dedent(inspect.getsource(trainer.func)),
+            func_args=dict(trainer.func_args or {}),
+            packages_to_install=list(trainer.packages_to_install or []),
+            pip_index_urls=list(trainer.pip_index_urls),
+            env=dict(trainer.env or {}),
+            resources_per_node=dict(trainer.resources_per_node or {}),
+        )
+        settings = backend_settings(self.backend_config)
+        if FlowRunContext.get() is not None:
+            self.backend.create_job(spec, supervisor=None)
+            run_trainjob(spec.name, self.backend_config)
+            return spec.name
+        api_url = PREFECT_API_URL.value() or ""
+        command = supervisor_command(spec.name, self._kind, settings, api_url)
+        self.backend.create_job(spec, supervisor=command)
+        return spec.name
+
+    def list_jobs(self, runtime: Runtime | None = None) -> list[TrainJob]:
+        """Every TrainJob of this backend, oldest first; only `runtime`'s if given."""
+        jobs = self.backend.list_jobs()
+        if runtime is not None:
+            jobs = [job for job in jobs if job.runtime.name == runtime.name]
+        return jobs
+
+    def get_job(self, name: str) -> TrainJob:
+        """The TrainJob `name`, with its steps and status as they are now.
+
+        Raises:
+            JobNotFoundError: No TrainJob has this name.
+        """
+        return self.backend.get_job(name)
+
+    def get_job_logs(
+        self,
+        name: str,
+        step: str | None = None,
+        follow: bool = False,
+        node_index: int | None = None,
+        tail_lines: int | None = None,
+    ) -> Iterator[str]:
+        """The log lines of one node, or of all nodes each prefixed ``[node-<i>]``.
+
+        Lines are read lazily from the node's own log, so memory stays flat on any log size.
+        With `follow`, lines come as they are written until the node(s) end; all nodes are then
+        interleaved as their lines arrive.
+
+        Args:
+            name: The TrainJob.
+            step: ``node-<i>``; or give `node_index`. With neither, all nodes.
+            follow: Keep streaming new lines until the node(s) end.
+            node_index: The node's index, instead of `step`.
+            tail_lines: Only the last this many lines (per node) of what is written so far.
+
+        Raises:
+            JobNotFoundError: No TrainJob has this name.
+            StepNotFoundError: The job has no such step.
+        """
+        job = self.backend.get_job(name)
+        steps = [s.name for s in job.steps]
+        if step is not None and node_index is not None:
+            raise InvalidInputError("give step or node_index, not both")
+        if node_index is not None:
+            step = f"{constants.NODE}-{node_index}"
+        if tail_lines is not None and (isinstance(tail_lines, bool) or tail_lines < 0):
+            raise InvalidInputError(f"tail_lines must be an int >= 0, got {tail_lines!r}")
+        if step is not None:
+            if step not in steps:
+                raise StepNotFoundError(step, steps)
+            index = steps.index(step)
+            lines = self.backend.node_logs(name, index, follow, tail_lines)
+            return (line.text + "\n" for line in lines)
+        return self._all_node_logs(name, len(steps), follow, tail_lines)
+
+    def _all_node_logs(
+        self, name: str, num_nodes: int, follow: bool, tail_lines: int | None
+    ) -> Iterator[str]:
+        if not follow:  # nothing to wait for: one node after the other
+            for index in range(num_nodes):
+                for line in self.backend.node_logs(name, index, False, tail_lines):
+                    yield f"[{constants.NODE}-{index}] {line.text}\n"
+            return
+        # One reader thread per node feeds a bounded queue: memory stays flat.
+        lines: queue.Queue[object] = queue.Queue(maxsize=1024)
+        closed = threading.Event()
+
+        def read(index: int) -> None:
+            try:
+                for line in self.backend.node_logs(name, index, True, tail_lines):
+                    item = f"[{constants.NODE}-{index}] {line.text}\n"
+                    while not closed.is_set():
+                        try:
+                            lines.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if closed.is_set():
+                        return
+            finally:
+                lines.put(_END)
+
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(num_nodes)]
+        for reader in readers:
+            reader.start()
+        try:
+            ended = 0
+            while ended < num_nodes:
+                item = lines.get()
+                if item is _END:
+                    ended += 1
+                else:
+                    yield str(item)
+        finally:
+            closed.set()
+            while any(reader.is_alive() for reader in readers):
+                try:
+                    lines.get_nowait()
+                except queue.Empty:
+                    time.sleep(0.01)
+
+    def wait_for_job_status(
+        self,
+        name: str,
+        status: set[str] | None = None,
+        timeout: float = 600,
+        polling_interval: float = 2,
+    ) -> TrainJob:
+        """Wait until the TrainJob reaches one of `status` (default: Complete).
+
+        Raises:
+            InvalidStatusError: `status` holds a value outside the four TrainJob statuses.
+            InvalidInputError: `timeout` < 0 or `polling_interval` <= 0.
+            JobFailedError: The job failed (and Failed was not awaited); the message carries
+                the failing node's last error lines.
+            JobTimeoutError: The job did not reach `status` within `timeout` seconds.
+        """
+        wanted = {constants.TRAINJOB_COMPLETE} if status is None else set(status)
+        unknown = wanted - constants.TRAINJOB_STATUSES
+        if unknown or not wanted:
+            raise InvalidStatusError(
+                f"status {sorted(unknown) or wanted!r} is invalid; allowed: "
+                f"{sorted(constants.TRAINJOB_STATUSES)}"
+            )
+        if isinstance(timeout, bool) or timeout < 0:
+            raise InvalidInputError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        if isinstance(polling_interval, bool) or polling_interval <= 0:
+            raise InvalidInputError(
+                f"polling_interval must be > 0 seconds, got {polling_interval!r}"
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.backend.get_job(name)
+            if job.status in wanted:
+                return job
+            if job.status == constants.TRAINJOB_FAILED:
+                raise JobFailedError(name, job.message or "no reason recorded")
+            if job.status == constants.TRAINJOB_COMPLETE:
+                raise JobFailedError(name, f"it completed without reaching any of {sorted(wanted)}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobTimeoutError(
+                    f"TrainJob {name!r} is {job.status}, not in {sorted(wanted)}, after {timeout} s"
+                )
+            time.sleep(min(polling_interval, remaining))
+
+    def delete_job(self, name: str) -> None:
+        """Stop the TrainJob if it runs (every process of it), remove its records, and mark
+        its flow run Cancelled.
+
+        Raises:
+            JobNotFoundError: No TrainJob has this name.
+        """
+        flow_run_id = self.backend.flow_run_id(name)
+        self.backend.delete_job(name)
+        if flow_run_id is None:
+            return
+        api_url = PREFECT_API_URL.value() or server.running_server_url()
+        if api_url:
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                cancel_flow_run(flow_run_id, f"TrainJob {name!r} was deleted")

@@ -1,0 +1,80 @@
+"""The detached process that runs one TrainJob for `TrainerClient.train()`.
+
+``python -m prefect_kubeflow.flows.supervisor NAME KIND SETTINGS_JSON API_URL``
+
+It starts the nodes first, before importing Prefect, so training never waits for Prefect's
+bookkeeping; then it runs the ``trainjob`` flow, which watches the nodes and forwards their logs.
+SIGTERM (from `delete_job`) stops the nodes and ends the flow run Cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from prefect_kubeflow.backends import backend_for
+from prefect_kubeflow.errors import BackendError
+
+logger = logging.getLogger("prefect_kubeflow.supervisor")
+
+
+def supervisor_command(name: str, kind: str, settings: dict[str, Any], api_url: str) -> list[str]:
+    """The argv that runs job `name` detached (no shell involved)."""
+    return [
+        sys.executable,
+        "-m",
+        "prefect_kubeflow.flows.supervisor",
+        name,
+        kind,
+        json.dumps(settings),
+        api_url,
+    ]
+
+
+def main(argv: Sequence[str]) -> int:
+    """Start the job's nodes, then run its flow; the exit code says whether it completed."""
+    name, kind, settings_json, api_url = argv
+    settings = json.loads(settings_json)
+    backend = backend_for(kind, settings)
+    stopping = threading.Event()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=backend.stop_job, args=(name,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        backend.start_job(name)
+    except BackendError as exc:
+        logger.error("%s", exc)  # recorded on the job; the flow run reports it too
+
+    from prefect_kubeflow.flows.server import ensure_server
+
+    os.environ["PREFECT_API_URL"] = api_url or ensure_server()
+    from prefect_kubeflow.blocks import LocalProcessBackendConfig
+    from prefect_kubeflow.flows.logs import drain
+    from prefect_kubeflow.flows.trainjob import cancel_requested, run_trainjob
+
+    if stopping.is_set():
+        cancel_requested.set()
+
+    def on_sigterm_in_flow(signum: int, frame: FrameType | None) -> None:
+        cancel_requested.set()
+        on_sigterm(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm_in_flow)
+    state = run_trainjob(name, LocalProcessBackendConfig(**settings), return_state=True)
+    drain(timeout=600)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

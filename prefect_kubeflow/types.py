@@ -1,0 +1,282 @@
+"""Public types, shaped like ``kubeflow.trainer.types``.
+
+Field names and defaults match the Kubeflow SDK; construction validates the values so a bad
+argument fails at once, naming the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import types as pytypes
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.errors import (
+    InvalidFuncArgsError,
+    InvalidFunctionError,
+    InvalidInputError,
+    InvalidPackageSpecError,
+)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_num_nodes(num_nodes: Any) -> None:
+    if num_nodes is None:
+        return
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise InvalidInputError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+
+
+def _check_env(env: Any) -> None:
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise InvalidInputError(f"env must be a dict of str to str, got {env!r}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise InvalidInputError(
+                f"env name {key!r} is invalid: use letters, digits and '_', not starting "
+                "with a digit"
+            )
+        if not isinstance(value, str):
+            raise InvalidInputError(f"env[{key!r}] must be a str, got {value!r}")
+
+
+def _check_resources(resources: Any) -> None:
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise InvalidInputError(f"resources_per_node must be a dict, got {resources!r}")
+    for key, value in resources.items():
+        if key not in constants.RESOURCE_KEYS:
+            raise InvalidInputError(
+                f"resources_per_node key {key!r} is not supported; allowed: "
+                f"{', '.join(sorted(constants.RESOURCE_KEYS))}"
+            )
+        if key == constants.MEMORY_LABEL:
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise InvalidInputError(
+                    f"resources_per_node['memory'] must be like '4Gi' or bytes, got {value!r}"
+                )
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise InvalidInputError(f"resources_per_node[{key!r}] must be a number, got {value!r}")
+        try:
+            number = float(str(value).removesuffix("m")) / (1000 if str(value).endswith("m") else 1)
+        except ValueError:
+            raise InvalidInputError(
+                f"resources_per_node[{key!r}] must be a number, got {value!r}"
+            ) from None
+        if number < 0:
+            raise InvalidInputError(f"resources_per_node[{key!r}] must be >= 0, got {value!r}")
+
+
+def _check_packages(packages: Any) -> None:
+    if packages is None:
+        return
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise InvalidPackageSpecError(
+            f"packages_to_install must be a list of str, got {packages!r}"
+        )
+    for spec in packages:
+        try:
+            Requirement(spec)
+        except InvalidRequirement as exc:
+            raise InvalidPackageSpecError(
+                f"packages_to_install entry {spec!r} is not a valid requirement (PEP 508, e.g. "
+                f"'numpy>=1.26'): {exc}"
+            ) from None
+
+
+def _check_index_urls(urls: Any) -> None:
+    if not isinstance(urls, list) or not urls:
+        raise InvalidInputError(f"pip_index_urls must be a non-empty list of URLs, got {urls!r}")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise InvalidInputError(f"pip_index_urls entry {url!r} must be an http(s) URL")
+
+
+def _check_function(func: Any) -> None:
+    if not isinstance(func, pytypes.FunctionType):
+        raise InvalidFunctionError(
+            f"func must be a Python function defined with 'def', got {func!r} "
+            f"({type(func).__name__})"
+        )
+    if func.__name__ == "<lambda>":
+        raise InvalidFunctionError(
+            f"func must be defined with 'def', not a lambda: {func!r} cannot be shipped as source"
+        )
+    if func.__code__.co_freevars:
+        raise InvalidFunctionError(
+            f"func {func.__name__!r} closes over {', '.join(func.__code__.co_freevars)}: a "
+            "training function must be self-contained (import and define inside it)"
+        )
+    try:
+        inspect.getsource(func)
+    except (OSError, TypeError) as exc:
+        raise InvalidFunctionError(
+            f"the source of func {func.__name__!r} is not available ({exc}); define it in a file"
+        ) from None
+
+
+def _check_func_args(func: Callable[..., Any], func_args: Any) -> None:
+    if func_args is None:
+        func_args = {}
+    if not isinstance(func_args, dict):
+        raise InvalidFuncArgsError(f"func_args must be a dict, got {func_args!r}")
+    try:
+        encoded = json.dumps(func_args, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidFuncArgsError(
+            f"func_args must be JSON-serialisable (str, numbers, bools, None, lists, dicts with "
+            f"str keys): {exc}"
+        ) from None
+    if json.loads(encoded) != func_args:
+        raise InvalidFuncArgsError(
+            f"func_args {func_args!r} does not survive a JSON round trip (tuples or non-str keys?)"
+        )
+    try:
+        inspect.signature(func).bind(**func_args)
+    except TypeError as exc:
+        raise InvalidFuncArgsError(
+            f"func_args {sorted(func_args)} do not match {func.__name__}"
+            f"{inspect.signature(func)}: {exc}"
+        ) from None
+
+
+@dataclass
+class CustomTrainer:
+    """A self-contained training function run on every node.
+
+    Args:
+        func: The function that encapsulates the entire training process. It is shipped as
+            source, so it must import what it uses inside its body.
+        func_args: JSON-serialisable keyword arguments for `func`.
+        packages_to_install: Python packages installed before training (PEP 508 specifiers).
+        pip_index_urls: The first URL is the index URL, the rest extra index URLs.
+        num_nodes: Number of training nodes; defaults to the runtime's.
+        resources_per_node: Per-node resources: ``cpu``, ``memory``, ``gpu``/``nvidia.com/gpu``.
+        env: Environment variables merged onto each node's environment.
+    """
+
+    func: Callable[..., Any]
+    func_args: dict[str, Any] | None = None
+    packages_to_install: list[str] | None = None
+    pip_index_urls: list[str] = field(
+        default_factory=lambda: list(constants.DEFAULT_PIP_INDEX_URLS)
+    )
+    num_nodes: int | None = None
+    resources_per_node: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        _check_function(self.func)
+        _check_func_args(self.func, self.func_args)
+        _check_packages(self.packages_to_install)
+        _check_index_urls(self.pip_index_urls)
+        _check_num_nodes(self.num_nodes)
+        _check_resources(self.resources_per_node)
+        _check_env(self.env)
+
+
+@dataclass
+class CustomTrainerContainer:
+    """A training image that encapsulates the entire training process (container backends)."""
+
+    image: str
+    num_nodes: int | None = None
+    resources_per_node: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, str) or not self.image.strip():
+            raise InvalidInputError(f"image must be a non-empty str, got {self.image!r}")
+        _check_num_nodes(self.num_nodes)
+        _check_resources(self.resources_per_node)
+        _check_env(self.env)
+
+
+class TrainerType(Enum):
+    """The kind of trainer a runtime accepts."""
+
+    CUSTOM_TRAINER = "CustomTrainer"
+    BUILTIN_TRAINER = "BuiltinTrainer"
+
+
+@dataclass
+class RuntimeTrainer:
+    """The trainer part of a runtime: framework, image, defaults for nodes and processes."""
+
+    trainer_type: TrainerType
+    framework: str
+    image: str
+    num_nodes: int = 1
+    device: str = constants.UNKNOWN
+    device_count: str = constants.UNKNOWN
+    _command: tuple[str, ...] = field(default=(), init=False, repr=False)
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The container command of the runtime's node."""
+        return self._command
+
+    def set_command(self, command: tuple[str, ...]) -> None:
+        """Set the container command of the runtime's node."""
+        self._command = tuple(command)
+
+
+@dataclass
+class Runtime:
+    """A training runtime: a named, pre-configured training environment."""
+
+    name: str
+    trainer: RuntimeTrainer
+    pretrained_model: str | None = None
+
+
+@dataclass
+class Step:
+    """One step of a TrainJob; ``node-<i>`` for training nodes."""
+
+    name: str
+    status: str | None
+    pod_name: str
+    device: str = constants.UNKNOWN
+    device_count: str = constants.UNKNOWN
+
+
+@dataclass
+class TrainJob:
+    """A TrainJob as read back from its backend's records.
+
+    ``message`` goes beyond the Kubeflow SDK: for a Failed job, why (the failing node's last
+    error lines).
+    """
+
+    name: str
+    runtime: Runtime
+    steps: list[Step]
+    num_nodes: int
+    creation_timestamp: datetime
+    status: str = constants.UNKNOWN
+    message: str | None = None
+
+
+@dataclass
+class Event:
+    """Something that happened to a TrainJob or one of its nodes."""
+
+    involved_object_kind: str
+    involved_object_name: str
+    message: str
+    reason: str
+    event_time: datetime
