@@ -264,6 +264,8 @@ class LocalProcessBackend:
         if name in self._started:
             return
         record, job_dir = self._record(name), self._dir(name)
+        if (job_dir / _ERROR_FILE).exists():
+            raise BackendError((job_dir / _ERROR_FILE).read_text())
         python = sys.executable
         try:
             if record.packages_to_install:
@@ -303,6 +305,9 @@ class LocalProcessBackend:
         except (OSError, BackendError) as exc:
             (job_dir / _ERROR_FILE).write_text(str(exc))
             self.stop_job(name)
+            for process, pump in self._started.pop(name, []):
+                process.wait()
+                pump.join()
             raise BackendError(f"TrainJob {name!r} could not start: {exc}") from exc
 
     def wait_node(self, name: str, node_index: int) -> int:
@@ -423,14 +428,19 @@ class LocalProcessBackend:
         record, job_dir = self._record(name), self._dir(name)
         owner = json.loads((job_dir / "owner.json").read_text())
         supervised = owner["kind"] == "supervisor"
-        if supervised and processes.is_alive(owner["pid"], owner["start"]):
+        running = self.get_job(name).status in (
+            constants.TRAINJOB_CREATED,
+            constants.TRAINJOB_RUNNING,
+        )
+        # A supervisor of an ended job only finishes uploading logs: let it.
+        if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
             # The supervisor stops the nodes and closes its flow run as Cancelled.
             os.kill(owner["pid"], signal.SIGTERM)
             deadline = time.monotonic() + self.grace_period + 5
             while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
         processes.kill_marked(record.job_id, self.grace_period)
-        if supervised and processes.is_alive(owner["pid"], owner["start"]):
+        if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
             os.kill(owner["pid"], signal.SIGKILL)
         for process, pump in self._started.pop(name, []):
             process.wait()

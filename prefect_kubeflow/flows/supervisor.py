@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect_kubeflow.backends import backend_for
 from prefect_kubeflow.errors import BackendError
+from prefect_kubeflow.flows.gang import watch_all
 
 logger = logging.getLogger("prefect_kubeflow.supervisor")
 
@@ -53,9 +54,25 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         backend.start_job(name)
+        started = True
     except BackendError as exc:
         logger.error("%s", exc)  # recorded on the job; the flow run reports it too
+        started = False
 
+    try:
+        _run_flow(name, settings, api_url, stopping)
+    except Exception:
+        # Training must not die with the Prefect API: keep the job whole without its flow run.
+        logger.exception("the trainjob flow could not run; watching the nodes without Prefect")
+    if not started:
+        return 1
+    # Returns at once when the flow saw every node end; otherwise keeps the gang together.
+    codes = watch_all(backend, name)
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def _run_flow(name: str, settings: dict[str, Any], api_url: str, stopping: threading.Event) -> None:
+    """Run the job's flow run against `api_url`, or the embedded server when it is empty."""
     from prefect_kubeflow.flows.server import ensure_server
 
     os.environ["PREFECT_API_URL"] = api_url or ensure_server()
@@ -63,17 +80,18 @@ def main(argv: Sequence[str]) -> int:
     from prefect_kubeflow.flows.logs import drain
     from prefect_kubeflow.flows.trainjob import cancel_requested, run_trainjob
 
-    if stopping.is_set():
-        cancel_requested.set()
+    previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm_in_flow(signum: int, frame: FrameType | None) -> None:
         cancel_requested.set()
-        on_sigterm(signum, frame)
+        if callable(previous):
+            previous(signum, frame)
 
+    if stopping.is_set():
+        cancel_requested.set()
     signal.signal(signal.SIGTERM, on_sigterm_in_flow)
-    state = run_trainjob(name, LocalProcessBackendConfig(**settings), return_state=True)
+    run_trainjob(name, LocalProcessBackendConfig(**settings), return_state=True)
     drain(timeout=600)
-    return 0 if state.is_completed() else 1
 
 
 if __name__ == "__main__":

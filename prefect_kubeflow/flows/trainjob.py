@@ -21,6 +21,7 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends import backend_for
 from prefect_kubeflow.blocks import LocalProcessBackendConfig
 from prefect_kubeflow.errors import JobFailedError
+from prefect_kubeflow.flows.gang import watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 
 # Set by the supervisor when it is asked to stop (delete_job): the flow then ends Cancelled.
@@ -43,9 +44,8 @@ def run_node(job_name: str, node_index: int, backend_config: BackendConfig) -> i
     assert context is not None and context.task_run.flow_run_id is not None
     lines = backend.node_logs(job_name, node_index, follow=True, tail_lines=None)
     forward_lines(lines, context.task_run.flow_run_id, context.task_run.id, f"node-{node_index}")
-    code = backend.wait_node(job_name, node_index)
+    code = watch_node(backend, job_name, node_index)
     if code != 0:
-        backend.stop_job(job_name)  # gang semantics: one node down, the job is down
         raise JobFailedError(job_name, f"node-{node_index} exited with code {code}")
     return code
 

@@ -1,0 +1,75 @@
+"""Training functions the tests ship to nodes (each must be self-contained)."""
+
+
+def ddp_all_reduce(marker: str = "sum"):
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    print(f"rank={rank} world={world} {marker}={total.item():.0f}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def print_streams(count: int = 3):
+    import sys
+
+    for i in range(count):
+        print(f"out {i}")
+        print(f"err {i}", file=sys.stderr)
+    sys.stdout.write("progress 10%\rprogress 50%\rprogress 100%\n")
+    sys.stdout.flush()
+
+
+def wait_for_file(path: str, text: str = "waiting"):
+    import os
+    import time
+
+    print(text)
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    print("released")
+
+
+def fail_on_rank(rank_to_fail: int = 1, sleep_others: float = 300.0):
+    import os
+    import time
+
+    rank = int(os.environ["RANK"])
+    if rank == rank_to_fail:
+        raise ValueError(f"boom on rank {rank}")
+    print(f"rank {rank} sleeping")
+    time.sleep(sleep_others)
+
+
+def sleep_forever(seconds: float = 600.0):
+    import os
+    import time
+
+    print(f"rank {os.environ['RANK']} pid {os.getpid()} started")
+    time.sleep(seconds)
+
+
+def print_env(name: str = "PK_TEST_VAR"):
+    import os
+
+    print(f"{name}={os.environ.get(name)} PATH_SET={bool(os.environ.get('PATH'))}")
+
+
+def import_package(module: str = "tinypkg"):
+    import importlib
+
+    mod = importlib.import_module(module)
+    print(f"{module} {mod.VALUE} from {mod.__file__}")
+
+
+def many_lines(count: int = 1000):
+    for i in range(count):
+        print(f"line {i}")
+
+
+def takes_two(a: int, b: str = "x"):
+    print(a, b)
