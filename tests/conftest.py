@@ -23,6 +23,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from prefect_kubeflow import LocalProcessBackendConfig, TrainerClient  # noqa: E402
 from prefect_kubeflow.backends import processes  # noqa: E402
 from prefect_kubeflow.constants import constants  # noqa: E402
+from prefect_kubeflow.flows.logs import NODE_LOGGER_NAME  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,7 +102,7 @@ def client(config, jobs_dir):
 
 
 def read_task_run_logs(flow_run_id: str, task_run_name: str) -> list:
-    """Every log of one task run of the flow run, oldest first, read back from the API."""
+    """Every node-output log of one task run of the flow run, oldest first, from the API."""
     with get_client(sync_client=True) as prefect:
         task_runs = prefect.read_task_runs(
             flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})
@@ -116,7 +117,7 @@ def read_task_run_logs(flow_run_id: str, task_run_name: str) -> list:
                 offset=offset,
                 sort=LogSort.TIMESTAMP_ASC,
             )
-            logs += page
+            logs += [log for log in page if log.name.startswith(NODE_LOGGER_NAME)]
             offset += len(page)
             if len(page) < 200:
                 return logs

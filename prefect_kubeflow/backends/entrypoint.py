@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -45,7 +46,26 @@ def main(job_dir: str) -> None:
         "__file__": source_path,
     }
     exec(compile(source, source_path, "exec"), namespace)  # noqa: S102 - the user's own function
-    namespace[meta["name"]](**meta["args"])
+    try:
+        namespace[meta["name"]](**meta["args"])
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) or (
+            isinstance(exc, SystemExit) and exc.code not in (None, 0)
+        ):
+            _record_error(job_dir)
+        raise
+
+
+def _record_error(job_dir: str) -> None:
+    """Leave this rank's traceback where the job's failure message is built from."""
+    rank = os.environ.get("RANK", "0")
+    errors = os.path.join(job_dir, "errors")
+    try:
+        os.makedirs(errors, exist_ok=True)
+        with open(os.path.join(errors, f"rank-{rank}.txt"), "w") as file:
+            file.write("".join(traceback.format_exc().splitlines(keepends=True)[-40:]))
+    except OSError:
+        pass  # a read-only job folder: the traceback is still in the node's log
 
 
 if __name__ == "__main__":

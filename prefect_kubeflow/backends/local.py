@@ -371,7 +371,7 @@ class LocalProcessBackend:
         message = None
         if error.exists() or constants.STEP_FAILED in statuses:
             status = constants.TRAINJOB_FAILED
-            message = error.read_text() if error.exists() else self._failure(job_dir, exits)
+            message = error.read_text() if error.exists() else self._failure(record, job_dir, exits)
         elif statuses == {constants.STEP_SUCCEEDED}:
             status = constants.TRAINJOB_COMPLETE
         elif constants.STEP_RUNNING in statuses:
@@ -396,7 +396,7 @@ class LocalProcessBackend:
             message=message,
         )
 
-    def _failure(self, job_dir: Path, exits: dict[int, int]) -> str:
+    def _failure(self, record: _Record, job_dir: Path, exits: dict[int, int]) -> str:
         """Why the job failed: the first node to fail, with its last error lines."""
         failed = [r for r, code in exits.items() if code != 0]
         if not failed:
@@ -405,9 +405,16 @@ class LocalProcessBackend:
         rank = min(failed, key=lambda r: (job_dir / f"node-{r}.exit").stat().st_mtime_ns)
         code = exits[rank]
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        header = f"{constants.NODE}-{rank} {how}"
+        first_rank = rank * record.nproc_per_node
+        ranks = range(first_rank, first_rank + record.nproc_per_node)
+        for global_rank in ranks:
+            error = job_dir / "errors" / f"rank-{global_rank}.txt"
+            if error.exists():
+                return f"{header}; rank {global_rank} raised:\n{error.read_text().rstrip()}"
         lines = list(read_node_log(job_dir / f"node-{rank}.log", tail_lines=200))
         errors = [line.text for line in lines if line.stream == STDERR][-20:]
-        return f"{constants.NODE}-{rank} {how}" + ("\n" + "\n".join(errors) if errors else "")
+        return header + ("\n" + "\n".join(errors) if errors else "")
 
     def node_logs(
         self, name: str, node_index: int, follow: bool, tail_lines: int | None
