@@ -47,8 +47,10 @@ def test_a_failing_rank_fails_the_job_and_stops_the_others(client, jobs_dir):
     assert client.get_job(name).status == constants.TRAINJOB_FAILED
     # node-0 would sleep 600 s: it ends only because the job tore it down.
     wait_for(
-        lambda: [s.status for s in client.get_job(name).steps]
-        == [constants.STEP_FAILED, constants.STEP_FAILED],
+        lambda: (
+            [s.status for s in client.get_job(name).steps]
+            == [constants.STEP_FAILED, constants.STEP_FAILED]
+        ),
         120,
         "node-0 to be stopped",
     )
