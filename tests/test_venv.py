@@ -1,0 +1,131 @@
+"""packages_to_install: a cached venv, built once per package set, from a real index on loopback."""
+
+import base64
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+
+import pytest
+from training_functions import import_package
+
+from prefect_kubeflow import CustomTrainer
+from prefect_kubeflow.constants import constants
+from prefect_kubeflow.errors import JobFailedError
+
+
+def _wheel(name: str, version: str, value: int) -> bytes:
+    """A minimal pure-Python wheel holding `name/__init__.py` with VALUE = value."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value}\n".encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(data)}\n"
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def package_index():
+    """A PEP 503 simple index on 127.0.0.1 serving one package, tinypkg 1.0."""
+    wheel_name = "tinypkg-1.0-py3-none-any.whl"
+    wheel = _wheel("tinypkg", "1.0", 42)
+    requests: list[str] = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            if self.path.rstrip("/") == "/simple/tinypkg":
+                body = f'<a href="/files/{wheel_name}">{wheel_name}</a>'.encode()
+                kind = "text/html"
+            elif self.path == f"/files/{wheel_name}":
+                body, kind = wheel, "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/simple", requests
+    server.shutdown()
+
+
+def test_a_venv_is_built_once_and_reused(client, package_index, tmp_path):
+    index_url, requests = package_index
+    trainer = CustomTrainer(
+        func=import_package,
+        packages_to_install=["tinypkg==1.0"],
+        pip_index_urls=[index_url],
+    )
+    first = client.train(trainer=trainer)
+    client.wait_for_job_status(first, timeout=300, polling_interval=0.2)
+    venvs = [p for p in (tmp_path / "venvs").iterdir() if p.is_dir()]
+    assert len(venvs) == 1
+    lines = [line for line in client.get_job_logs(first) if line.startswith("[node-0] tinypkg")]
+    assert lines == [f"[node-0] tinypkg 42 from {next(venvs[0].rglob('tinypkg/__init__.py'))}\n"]
+    downloads = requests.count("/files/tinypkg-1.0-py3-none-any.whl")
+    assert downloads == 1
+    built = (venvs[0] / ".complete").stat().st_mtime_ns
+
+    second = client.train(trainer=trainer)
+    job = client.wait_for_job_status(second, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE
+    assert [p for p in (tmp_path / "venvs").iterdir() if p.is_dir()] == venvs
+    assert (venvs[0] / ".complete").stat().st_mtime_ns == built
+    assert requests.count("/files/tinypkg-1.0-py3-none-any.whl") == downloads  # no new pip run
+    assert any("tinypkg 42" in line for line in client.get_job_logs(second))
+
+
+def test_a_package_pip_cannot_find_fails_the_job_and_leaves_no_venv(
+    client, package_index, tmp_path
+):
+    index_url, _ = package_index
+    name = client.train(
+        trainer=CustomTrainer(
+            func=import_package,
+            packages_to_install=["no-such-package-xyz==9.9"],
+            pip_index_urls=[index_url],
+        )
+    )
+    with pytest.raises(JobFailedError, match="no-such-package-xyz") as failed:
+        client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert "pip could not install" in str(failed.value)
+    assert [p for p in (tmp_path / "venvs").iterdir() if p.is_dir()] == []
+    job = client.get_job(name)
+    assert job.status == constants.TRAINJOB_FAILED
+
+
+def test_two_jobs_racing_for_the_same_venv_share_one_build(client, package_index, tmp_path):
+    index_url, requests = package_index
+    trainer = CustomTrainer(
+        func=import_package,
+        packages_to_install=["tinypkg>=1.0"],
+        pip_index_urls=[index_url],
+    )
+    downloads = requests.count("/files/tinypkg-1.0-py3-none-any.whl")
+    names = [client.train(trainer=trainer), client.train(trainer=trainer)]
+    for name in names:
+        assert client.wait_for_job_status(name, timeout=300, polling_interval=0.2).status == (
+            constants.TRAINJOB_COMPLETE
+        )
+    assert len([p for p in (tmp_path / "venvs").iterdir() if p.is_dir()]) == 1
+    assert requests.count("/files/tinypkg-1.0-py3-none-any.whl") == downloads + 1
