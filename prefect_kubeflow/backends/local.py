@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,13 +28,8 @@ from platformdirs import user_cache_dir, user_data_dir
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
-from prefect_kubeflow.backends.logfile import (
-    STDERR,
-    STDOUT,
-    LogLine,
-    NodeLogWriter,
-    read_node_log,
-)
+from prefect_kubeflow.backends.logfile import STDERR, LogLine, read_node_log
+from prefect_kubeflow.backends.node import write_json_atomic
 from prefect_kubeflow.backends.venv import ensure_venv
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
@@ -95,42 +88,15 @@ def build_node_argv(
     ]
 
 
-def build_node_env(
-    base: Mapping[str, str], user_env: Mapping[str, str], job_id: str
-) -> dict[str, str]:
-    """The parent's environment with the user's merged on top, plus the job's marker."""
-    return {**base, **user_env, processes.JOB_ID_ENV: job_id}
+def build_node_env(base: Mapping[str, str], user_env: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment with the user's merged on top (the keeper adds the marker)."""
+    return {**base, **user_env}
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((MASTER_ADDR, 0))
         return int(sock.getsockname()[1])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def _pump(process: subprocess.Popen[bytes], log: Path, exit_file: Path) -> None:
-    """Copy the node's pipes into its log file, then record its exit code."""
-    writer = NodeLogWriter(log)
-    selector = selectors.DefaultSelector()
-    assert process.stdout is not None and process.stderr is not None
-    selector.register(process.stdout, selectors.EVENT_READ, STDOUT)
-    selector.register(process.stderr, selectors.EVENT_READ, STDERR)
-    while selector.get_map():
-        for key, _ in selector.select():
-            chunk = os.read(key.fd, 65536)
-            if chunk:
-                writer.write(key.data, chunk)
-            else:
-                selector.unregister(key.fileobj)
-                key.fileobj.close()  # type: ignore[union-attr]
-    writer.close()
-    _write_json(exit_file, process.wait())
 
 
 @dataclass
@@ -158,7 +124,7 @@ class LocalProcessBackend:
 
     # Handles of the nodes this process started, by job name: the only in-memory state, and
     # only for waiting on this process's own children.
-    _started: dict[str, list[tuple[subprocess.Popen[bytes], threading.Thread]]] = {}
+    _started: dict[str, list[subprocess.Popen[bytes]]] = {}
 
     def __init__(self, jobs_dir: Path, venv_dir: Path, grace_period: float = 10.0) -> None:
         self.jobs_dir = jobs_dir
@@ -223,7 +189,7 @@ class LocalProcessBackend:
         job_dir.mkdir(parents=True)
         try:
             (job_dir / "function.py").write_text(spec.function_source)
-            _write_json(
+            write_json_atomic(
                 job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
             )
             owner: dict[str, Any]
@@ -239,18 +205,18 @@ class LocalProcessBackend:
                         start_new_session=True,
                     )
                 owner = {"pid": child.pid, "kind": "supervisor"}
-            _write_json(
+            write_json_atomic(
                 job_dir / "owner.json", {**owner, "start": processes.start_time(owner["pid"])}
             )
             # job.json last: a job is listed only once it is complete.
-            _write_json(job_dir / "job.json", asdict(record))
+            write_json_atomic(job_dir / "job.json", asdict(record))
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
 
     def set_flow_run(self, name: str, flow_run_id: str) -> None:
         """Remember the flow run that runs the job."""
-        _write_json(self._dir(name) / "flow_run.json", {"id": flow_run_id})
+        write_json_atomic(self._dir(name) / "flow_run.json", {"id": flow_run_id})
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
@@ -278,43 +244,48 @@ class LocalProcessBackend:
                     )
                 )
             port = _free_port()
-            env = build_node_env(os.environ, record.env, record.job_id)
-            started: list[tuple[subprocess.Popen[bytes], threading.Thread]] = []
+            env = build_node_env(os.environ, record.env)
+            started: list[subprocess.Popen[bytes]] = []
             self._started[name] = started
             for rank in range(record.num_nodes):
                 argv = build_node_argv(
                     python, record.num_nodes, rank, record.nproc_per_node, port, job_dir
                 )
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    cwd=record.workdir if Path(record.workdir).is_dir() else job_dir,
-                    start_new_session=True,
+                keeper_argv = [
+                    sys.executable,
+                    "-m",
+                    "prefect_kubeflow.backends.node",
+                    str(job_dir / f"node-{rank}.log"),
+                    str(job_dir / f"node-{rank}.exit"),
+                    record.job_id,
+                    "--",
+                    *argv,
+                ]
+                started.append(
+                    subprocess.Popen(
+                        keeper_argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        env=env,
+                        cwd=record.workdir if Path(record.workdir).is_dir() else job_dir,
+                    )
                 )
-                pump = threading.Thread(
-                    target=_pump,
-                    args=(process, job_dir / f"node-{rank}.log", job_dir / f"node-{rank}.exit"),
-                    name=f"{name}-node-{rank}-logs",
-                    daemon=True,
-                )
-                pump.start()
-                started.append((process, pump))
         except (OSError, BackendError) as exc:
             (job_dir / _ERROR_FILE).write_text(str(exc))
             self.stop_job(name)
-            for process, pump in self._started.pop(name, []):
-                process.wait()
-                pump.join()
+            for keeper in self._started.pop(name, []):
+                keeper.wait()
             raise BackendError(f"TrainJob {name!r} could not start: {exc}") from exc
 
     def wait_node(self, name: str, node_index: int) -> int:
         """Block until the node ends and its log is complete; its exit code."""
-        process, pump = self._started[name][node_index]
-        pump.join()
-        return process.wait()
+        keeper = self._started[name][node_index]
+        code = keeper.wait()
+        exit_file = self._dir(name) / f"node-{node_index}.exit"
+        if not exit_file.exists():  # the keeper itself was killed
+            write_json_atomic(exit_file, code)
+        return code
 
     def stop_job(self, name: str) -> None:
         """Stop every process of the job (torchrun agents and their workers)."""
@@ -449,7 +420,6 @@ class LocalProcessBackend:
         processes.kill_marked(record.job_id, self.grace_period)
         if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
             os.kill(owner["pid"], signal.SIGKILL)
-        for process, pump in self._started.pop(name, []):
-            process.wait()
-            pump.join()
+        for keeper in self._started.pop(name, []):
+            keeper.wait()
         shutil.rmtree(job_dir)

@@ -25,6 +25,7 @@ from prefect_kubeflow.errors import BackendError
 
 STATE_DIR = Path(user_cache_dir("prefect-kubeflow")) / "server"
 STARTUP_TIMEOUT = 120.0
+NICENESS = 19
 
 
 def _healthy(url: str) -> bool:
@@ -78,6 +79,8 @@ def ensure_server(state_dir: Path = STATE_DIR, timeout: float = STARTUP_TIMEOUT)
                 env=env,
                 start_new_session=True,
             )
+        # A background service: training on the same machine comes first.
+        os.setpriority(os.PRIO_PROCESS, server.pid, NICENESS)
         deadline = time.monotonic() + timeout
         while not _healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:

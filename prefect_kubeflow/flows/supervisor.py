@@ -24,6 +24,7 @@ from prefect_kubeflow.errors import BackendError
 from prefect_kubeflow.flows.gang import watch_all
 
 logger = logging.getLogger("prefect_kubeflow.supervisor")
+BOOKKEEPING_NICENESS = 19
 
 
 def supervisor_command(name: str, kind: str, settings: dict[str, Any], api_url: str) -> list[str]:
@@ -58,6 +59,9 @@ def main(argv: Sequence[str]) -> int:
     except BackendError as exc:
         logger.error("%s", exc)  # recorded on the job; the flow run reports it too
         started = False
+    # From here on this process only does bookkeeping (flow run, log uploads): on a busy
+    # machine the training processes, started above at normal priority, come first.
+    os.nice(BOOKKEEPING_NICENESS)
 
     try:
         _run_flow(name, settings, api_url, stopping)

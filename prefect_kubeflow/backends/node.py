@@ -1,0 +1,85 @@
+"""One node's keeper: runs its torchrun agent and copies the agent's output into the node log.
+
+``python -m prefect_kubeflow.backends.node LOG EXIT_FILE JOB_ID -- ARGV...``
+
+A process of its own (not a thread of the supervisor) so that moving training output to disk
+never competes with Prefect bookkeeping for a GIL: training only ever waits on this loop. It
+writes the agent's exit code to EXIT_FILE once the log is complete, and exits with that code.
+It dies with its parent: the kernel sends it SIGTERM, which it passes on to the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from prefect_kubeflow.backends.logfile import STDERR, STDOUT, NodeLogWriter
+from prefect_kubeflow.backends.processes import JOB_ID_ENV
+
+_PR_SET_PDEATHSIG = 1
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON so that readers never see half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def pump(process: subprocess.Popen[bytes], writer: NodeLogWriter) -> None:
+    """Copy both pipes of `process` into `writer` until both are closed."""
+    selector = selectors.DefaultSelector()
+    assert process.stdout is not None and process.stderr is not None
+    selector.register(process.stdout, selectors.EVENT_READ, STDOUT)
+    selector.register(process.stderr, selectors.EVENT_READ, STDERR)
+    while selector.get_map():
+        for key, _ in selector.select():
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                writer.write(key.data, chunk)
+            else:
+                selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+    writer.close()
+
+
+def main(log: str, exit_file: str, job_id: str, argv: list[str]) -> int:
+    """Run `argv` as the node's agent, log its output, record and return its exit code."""
+    # Not on Linux, this fails: the supervisor's teardown still stops the agent.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    agent = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, JOB_ID_ENV: job_id},
+        start_new_session=True,
+    )
+
+    def stop_agent(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_agent)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        stop_agent(signal.SIGTERM, None)
+    pump(agent, NodeLogWriter(Path(log)))
+    code = agent.wait()
+    write_json_atomic(Path(exit_file), code)
+    return code
+
+
+if __name__ == "__main__":
+    separator = sys.argv.index("--")
+    log_path, exit_path, job = sys.argv[1:separator]
+    sys.exit(main(log_path, exit_path, job, sys.argv[separator + 1 :]))
