@@ -115,8 +115,14 @@ def test_a_dead_supervisor_reads_as_failed(client, jobs_dir):
     job = wait_for(
         lambda: (j := client.get_job(name)).status == constants.TRAINJOB_FAILED and j, 60, "Failed"
     )
-    assert "supervising the job" in job.message
+    assert f"the process supervising the job (pid {supervisor}) died" in job.message
     with pytest.raises(JobFailedError, match="died"):
         client.wait_for_job_status(name, timeout=10)
-    client.delete_job(name)  # stops the orphaned nodes
-    assert processes.find_marked(job_id) == []
+    # The nodes do not outlive their supervisor: they stop on their own.
+    wait_for(lambda: processes.find_marked(job_id) == [], 60, "the orphaned nodes to stop")
+    wait_for(
+        lambda: all(s.status == constants.STEP_FAILED for s in client.get_job(name).steps),
+        60,
+        "every node to read as Failed",
+    )
+    assert f"(pid {supervisor}) died" in client.get_job(name).message

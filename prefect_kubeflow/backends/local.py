@@ -30,12 +30,12 @@ from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import STDERR, LogLine, read_node_log
 from prefect_kubeflow.backends.node import write_json_atomic
+from prefect_kubeflow.backends.torchrun import ENTRYPOINT, resolve_nproc_per_node, torchrun_argv
 from prefect_kubeflow.backends.venv import ensure_venv
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
 
 APP_NAME = "prefect-kubeflow"
-ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
 MASTER_ADDR = "127.0.0.1"
 _ERROR_FILE = "error.txt"
 
@@ -43,49 +43,6 @@ _ERROR_FILE = "error.txt"
 def local_gpu_count() -> int:
     """NVIDIA GPUs visible on this machine, counted without importing torch."""
     return sum(1 for d in Path("/dev").glob("nvidia[0-9]*"))
-
-
-def resolve_nproc_per_node(
-    value: int | str, resources: Mapping[str, Any], visible_gpus: int
-) -> tuple[int, str]:
-    """Processes per node and their device: an int is taken as is; ``auto`` is the GPU count
-    (from `resources`, else the visible GPUs), else the CPU count from `resources`, else 1."""
-    gpus = int(float(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
-    device = (
-        "gpu" if gpus or (value == "auto" and visible_gpus and "cpu" not in resources) else "cpu"
-    )
-    if isinstance(value, int) and not isinstance(value, bool):
-        return max(value, 1), device
-    if gpus:
-        return gpus, "gpu"
-    if "cpu" in resources:
-        cpu = str(resources["cpu"])
-        count = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-        return max(int(count), 1), "cpu"
-    return (visible_gpus, "gpu") if visible_gpus else (1, "cpu")
-
-
-def build_node_argv(
-    python: str, num_nodes: int, node_rank: int, nproc_per_node: int, port: int, job_dir: Path
-) -> list[str]:
-    """The torchrun command of one node: an argv list, never a shell string."""
-    return [
-        python,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        str(num_nodes),
-        "--node_rank",
-        str(node_rank),
-        "--nproc_per_node",
-        str(nproc_per_node),
-        "--master_addr",
-        MASTER_ADDR,
-        "--master_port",
-        str(port),
-        str(ENTRYPOINT),
-        str(job_dir),
-    ]
 
 
 def build_node_env(base: Mapping[str, str], user_env: Mapping[str, str]) -> dict[str, str]:
@@ -248,8 +205,15 @@ class LocalProcessBackend:
             started: list[subprocess.Popen[bytes]] = []
             self._started[name] = started
             for rank in range(record.num_nodes):
-                argv = build_node_argv(
-                    python, record.num_nodes, rank, record.nproc_per_node, port, job_dir
+                argv = torchrun_argv(
+                    python,
+                    record.num_nodes,
+                    rank,
+                    record.nproc_per_node,
+                    MASTER_ADDR,
+                    port,
+                    ENTRYPOINT,
+                    job_dir,
                 )
                 keeper_argv = [
                     sys.executable,
@@ -284,7 +248,7 @@ class LocalProcessBackend:
         code = keeper.wait()
         exit_file = self._dir(name) / f"node-{node_index}.exit"
         if not exit_file.exists():  # the keeper itself was killed
-            write_json_atomic(exit_file, code)
+            write_json_atomic(exit_file, {"code": code, "orphaned": False})
         return code
 
     def stop_job(self, name: str) -> None:
@@ -313,10 +277,13 @@ class LocalProcessBackend:
 
     def _to_trainjob(self, record: _Record, job_dir: Path) -> TrainJob:
         exits: dict[int, int] = {}
+        orphaned = False
         for rank in range(record.num_nodes):
             exit_file = job_dir / f"node-{rank}.exit"
             if exit_file.exists():
-                exits[rank] = int(exit_file.read_text())
+                ended = json.loads(exit_file.read_text())
+                exits[rank] = ended["code"]
+                orphaned = orphaned or ended["orphaned"]
         owner_alive = self._owner_alive(job_dir)
         error = job_dir / _ERROR_FILE
         steps = []
@@ -342,7 +309,13 @@ class LocalProcessBackend:
         message = None
         if error.exists() or constants.STEP_FAILED in statuses:
             status = constants.TRAINJOB_FAILED
-            message = error.read_text() if error.exists() else self._failure(record, job_dir, exits)
+            if error.exists():
+                message = error.read_text()
+            elif orphaned or (not owner_alive and not any(exits.values())):
+                owner = json.loads((job_dir / "owner.json").read_text())
+                message = f"the process supervising the job (pid {owner['pid']}) died"
+            else:
+                message = self._failure(record, job_dir, exits)
         elif statuses == {constants.STEP_SUCCEEDED}:
             status = constants.TRAINJOB_COMPLETE
         elif constants.STEP_RUNNING in statuses:
@@ -370,9 +343,6 @@ class LocalProcessBackend:
     def _failure(self, record: _Record, job_dir: Path, exits: dict[int, int]) -> str:
         """Why the job failed: the first node to fail, with its last error lines."""
         failed = [r for r, code in exits.items() if code != 0]
-        if not failed:
-            owner = json.loads((job_dir / "owner.json").read_text())
-            return f"the process supervising the job (pid {owner['pid']}) died"
         rank = min(failed, key=lambda r: (job_dir / f"node-{r}.exit").stat().st_mtime_ns)
         code = exits[rank]
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
@@ -413,7 +383,7 @@ class LocalProcessBackend:
         # A supervisor of an ended job only finishes uploading logs: let it.
         if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
             # The supervisor stops the nodes and closes its flow run as Cancelled.
-            os.kill(owner["pid"], signal.SIGTERM)
+            os.kill(owner["pid"], processes.CANCEL_SIGNAL)
             deadline = time.monotonic() + self.grace_period + 5
             while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
                 time.sleep(0.05)

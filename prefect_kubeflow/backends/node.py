@@ -4,14 +4,16 @@
 
 A process of its own (not a thread of the supervisor) so that moving training output to disk
 never competes with Prefect bookkeeping for a GIL: training only ever waits on this loop. It
-writes the agent's exit code to EXIT_FILE once the log is complete, and exits with that code.
-It dies with its parent: the kernel sends it SIGTERM, which it passes on to the agent.
+writes ``{"code": ..., "orphaned": ...}`` to EXIT_FILE once the log is complete, and exits with
+the agent's code. It dies with its parent: the kernel sends it SIGTERM, which it passes on to
+the agent, and the exit file then says the node was orphaned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import selectors
@@ -26,6 +28,8 @@ from prefect_kubeflow.backends.logfile import STDERR, STDOUT, NodeLogWriter
 from prefect_kubeflow.backends.processes import JOB_ID_ENV
 
 _PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1024 * 1024
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -43,7 +47,7 @@ def pump(process: subprocess.Popen[bytes], writer: NodeLogWriter) -> None:
     selector.register(process.stderr, selectors.EVENT_READ, STDERR)
     while selector.get_map():
         for key, _ in selector.select():
-            chunk = os.read(key.fd, 65536)
+            chunk = os.read(key.fd, PIPE_BYTES)
             if chunk:
                 writer.write(key.data, chunk)
             else:
@@ -57,6 +61,8 @@ def main(log: str, exit_file: str, job_id: str, argv: list[str]) -> int:
     # Not on Linux, this fails: the supervisor's teardown still stops the agent.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    parent = os.getppid()
+    orphaned = False
     agent = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -67,15 +73,21 @@ def main(log: str, exit_file: str, job_id: str, argv: list[str]) -> int:
     )
 
     def stop_agent(signum: int, frame: FrameType | None) -> None:
+        nonlocal orphaned
+        orphaned = orphaned or os.getppid() != parent
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agent.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop_agent)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    for stream in (agent.stdout, agent.stderr):
+        # Room for bursts: a rank printing fast seldom waits for this loop to drain the pipe.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+    if os.getppid() != parent:  # the parent died before prctl took effect
         stop_agent(signal.SIGTERM, None)
     pump(agent, NodeLogWriter(Path(log)))
     code = agent.wait()
-    write_json_atomic(Path(exit_file), code)
+    write_json_atomic(Path(exit_file), {"code": code, "orphaned": orphaned})
     return code
 
 

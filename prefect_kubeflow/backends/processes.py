@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 JOB_ID_ENV = "PREFECT_KUBEFLOW_JOB_ID"
+# What a job's supervising process takes as "cancel the job" (SIGTERM is Prefect's: Crashed).
+CANCEL_SIGNAL = signal.SIGUSR1
 logger = logging.getLogger(__name__)
 
 

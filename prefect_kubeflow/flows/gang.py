@@ -9,6 +9,10 @@ import threading
 
 from prefect_kubeflow.backends.base import Backend
 
+# Set in a job's supervising process when the job is being deleted: its flow run then ends
+# Cancelled rather than Failed.
+cancel_requested = threading.Event()
+
 
 def watch_node(backend: Backend, name: str, node_index: int) -> int:
     """Wait for one node to end; if it failed, stop every other node of the job now."""

@@ -4,7 +4,7 @@
 
 It starts the nodes first, before importing Prefect, so training never waits for Prefect's
 bookkeeping; then it runs the ``trainjob`` flow, which watches the nodes and forwards their logs.
-SIGTERM (from `delete_job`) stops the nodes and ends the flow run Cancelled.
+SIGUSR1 (from `delete_job`) stops the nodes and ends the flow run Cancelled.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from prefect_kubeflow.backends import backend_for
+from prefect_kubeflow.backends import backend_for, processes
 from prefect_kubeflow.errors import BackendError
-from prefect_kubeflow.flows.gang import watch_all
+from prefect_kubeflow.flows.gang import cancel_requested, watch_all
 
 logger = logging.getLogger("prefect_kubeflow.supervisor")
 BOOKKEEPING_NICENESS = 19
@@ -45,14 +45,19 @@ def main(argv: Sequence[str]) -> int:
     name, kind, settings_json, api_url = argv
     settings = json.loads(settings_json)
     backend = backend_for(kind, settings)
-    stopping = threading.Event()
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=backend.stop_job, args=(name,), daemon=True).start()
+    def stop_nodes() -> None:
+        threading.Thread(target=backend.stop_job, args=(name,), daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    def on_cancel(signum: int, frame: FrameType | None) -> None:
+        if not cancel_requested.is_set():
+            cancel_requested.set()
+            stop_nodes()
+
+    # SIGUSR1: delete_job cancels the job. SIGTERM: terminated from outside; inside the flow,
+    # Prefect marks the flow run Crashed first, then hands the signal on to this handler.
+    signal.signal(processes.CANCEL_SIGNAL, on_cancel)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_nodes())
     try:
         backend.start_job(name)
         started = True
@@ -64,7 +69,7 @@ def main(argv: Sequence[str]) -> int:
     os.nice(BOOKKEEPING_NICENESS)
 
     try:
-        _run_flow(name, settings, api_url, stopping)
+        _run_flow(name, settings, api_url)
     except Exception:
         # Training must not die with the Prefect API: keep the job whole without its flow run.
         logger.exception("the trainjob flow could not run; watching the nodes without Prefect")
@@ -75,25 +80,15 @@ def main(argv: Sequence[str]) -> int:
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
-def _run_flow(name: str, settings: dict[str, Any], api_url: str, stopping: threading.Event) -> None:
+def _run_flow(name: str, settings: dict[str, Any], api_url: str) -> None:
     """Run the job's flow run against `api_url`, or the embedded server when it is empty."""
     from prefect_kubeflow.flows.server import ensure_server
 
     os.environ["PREFECT_API_URL"] = api_url or ensure_server()
     from prefect_kubeflow.blocks import LocalProcessBackendConfig
     from prefect_kubeflow.flows.logs import drain
-    from prefect_kubeflow.flows.trainjob import cancel_requested, run_trainjob
+    from prefect_kubeflow.flows.trainjob import run_trainjob
 
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm_in_flow(signum: int, frame: FrameType | None) -> None:
-        cancel_requested.set()
-        if callable(previous):
-            previous(signum, frame)
-
-    if stopping.is_set():
-        cancel_requested.set()
-    signal.signal(signal.SIGTERM, on_sigterm_in_flow)
     run_trainjob(name, LocalProcessBackendConfig(**settings), return_state=True)
     drain(timeout=600)
 

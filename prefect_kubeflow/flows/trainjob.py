@@ -7,7 +7,6 @@ when any node fails and tear the others down at once (gang semantics).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 from uuid import UUID
 
@@ -21,11 +20,8 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends import backend_for
 from prefect_kubeflow.blocks import LocalProcessBackendConfig
 from prefect_kubeflow.errors import JobFailedError
-from prefect_kubeflow.flows.gang import watch_node
+from prefect_kubeflow.flows.gang import cancel_requested, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
-
-# Set by the supervisor when it is asked to stop (delete_job): the flow then ends Cancelled.
-cancel_requested = threading.Event()
 
 BackendConfig = LocalProcessBackendConfig
 MAX_NODES = 256

@@ -57,6 +57,8 @@ def parse_runtimes(text: str, source: str) -> list[RuntimeSpec]:
         policy = _field(doc, "spec.mlPolicy", source)
         num_nodes = policy.get("numNodes", 1)
         nproc = (policy.get("torch") or {}).get("numProcPerNode", "auto")
+        if isinstance(nproc, str) and nproc.isdigit():  # an IntOrString written as a string
+            nproc = int(nproc)
         jobs = _field(doc, "spec.template.spec.replicatedJobs", source)
         node_job = next((j for j in jobs if j.get("name") == constants.NODE), None)
         if node_job is None:

@@ -1,0 +1,73 @@
+"""How a node runs torchrun: processes per node, and the command. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.errors import InvalidInputError
+
+# The script each torchrun worker runs: it loads the shipped function and calls it.
+ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
+NPROC_POLICIES = ("auto", "cpu", "gpu")
+
+
+def _cpu_count(resources: Mapping[str, Any]) -> int:
+    cpu = str(resources[constants.CPU_LABEL])
+    count = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(int(count), 1)
+
+
+def resolve_nproc_per_node(
+    value: int | str, resources: Mapping[str, Any], visible_gpus: int
+) -> tuple[int, str]:
+    """Processes per node and their device (``cpu``/``gpu``), as Kubeflow Trainer resolves
+    ``numProcPerNode``: an int as is; ``auto``: the GPUs asked for in `resources`, else the CPUs
+    asked for, else the visible GPUs, else 1; ``cpu``/``gpu``: that device's count."""
+    gpus = int(float(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 1), "gpu" if gpus else "cpu"
+    if value not in NPROC_POLICIES:
+        raise InvalidInputError(
+            f"numProcPerNode {value!r} is invalid; use an int or one of {NPROC_POLICIES}"
+        )
+    if value != "cpu" and (gpus or (value == "gpu" and visible_gpus)):
+        return gpus or visible_gpus, "gpu"
+    if value != "gpu" and constants.CPU_LABEL in resources:
+        return _cpu_count(resources), "cpu"
+    if value == "auto" and visible_gpus:
+        return visible_gpus, "gpu"
+    return 1, "cpu"
+
+
+def torchrun_argv(
+    python: str,
+    num_nodes: int,
+    node_rank: int,
+    nproc_per_node: int,
+    master_addr: str,
+    master_port: int,
+    entrypoint: Path,
+    job_dir: Path,
+) -> list[str]:
+    """One node's torchrun command (static rendezvous at `master_addr`, node rank = index):
+    an argv list, never a shell string."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(num_nodes),
+        "--node_rank",
+        str(node_rank),
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--master_addr",
+        master_addr,
+        "--master_port",
+        str(master_port),
+        str(entrypoint),
+        str(job_dir),
+    ]
