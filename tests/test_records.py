@@ -9,6 +9,7 @@ from conftest import wait_for
 from training_functions import ddp_all_reduce
 
 from prefect_kubeflow import CustomTrainer
+from prefect_kubeflow.backends import processes
 from prefect_kubeflow.constants import constants
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
@@ -77,3 +78,36 @@ def test_a_job_outlives_the_script_that_submitted_it(client, jobs_dir, tmp_path)
     release.touch()
     job = client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
     assert job.status == constants.TRAINJOB_COMPLETE
+
+
+def test_training_survives_an_unreachable_prefect_api(config, jobs_dir, tmp_path):
+    """No Prefect API answers: the job still runs to Complete, with every line in its log."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    out = _python(
+        f"""
+        from prefect_kubeflow import CustomTrainer, LocalProcessBackendConfig, TrainerClient
+        from training_functions import many_lines
+        client = TrainerClient(LocalProcessBackendConfig(jobs_dir={str(jobs_dir)!r}))
+        print(client.train(trainer=CustomTrainer(func=many_lines, func_args={{"count": 500}},
+                                                  num_nodes=2)))
+        """,
+        {"PREFECT_API_URL": f"http://127.0.0.1:{dead_port}/api"},
+    )
+    name = out.strip().splitlines()[-1]
+    from prefect_kubeflow import TrainerClient
+
+    client = TrainerClient(backend_config=config)
+    job = client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE
+    for node in (0, 1):
+        lines = [line for line in client.get_job_logs(name, node_index=node) if "line " in line]
+        assert lines == [f"line {i}\n" for i in range(500)]
+    assert not (jobs_dir / name / "flow_run.json").exists()
+    owner = json.loads((jobs_dir / name / "owner.json").read_text())
+    wait_for(lambda: not processes.is_alive(owner["pid"], owner["start"]), 300, "supervisor exit")
+    assert "watching the nodes without Prefect" in (jobs_dir / name / "supervisor.log").read_text()
+    client.delete_job(name)
