@@ -205,24 +205,26 @@ class TrainerClient:
         lines: queue.Queue[object] = queue.Queue(maxsize=1024)
         closed = threading.Event()
 
+        def offer(item: object) -> bool:
+            """Queue `item` unless the consumer went away; whether it was queued."""
+            while not closed.is_set():
+                try:
+                    lines.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def read(index: int) -> None:
             try:
                 for line in self.backend.node_logs(name, index, True, tail_lines):
-                    item = f"[{constants.NODE}-{index}] {line.text}\n"
-                    while not closed.is_set():
-                        try:
-                            lines.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if closed.is_set():
+                    if not offer(f"[{constants.NODE}-{index}] {line.text}\n"):
                         return
             finally:
-                lines.put(_END)
+                offer(_END)
 
-        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(num_nodes)]
-        for reader in readers:
-            reader.start()
+        for index in range(num_nodes):
+            threading.Thread(target=read, args=(index,), daemon=True).start()
         try:
             ended = 0
             while ended < num_nodes:
@@ -232,12 +234,9 @@ class TrainerClient:
                 else:
                     yield str(item)
         finally:
+            # A consumer that stops early does not wait for the nodes to end: each reader
+            # returns at its next line, or when its node ends.
             closed.set()
-            while any(reader.is_alive() for reader in readers):
-                try:
-                    lines.get_nowait()
-                except queue.Empty:
-                    time.sleep(0.01)
 
     def wait_for_job_status(
         self,

@@ -128,3 +128,26 @@ def test_following_one_node_ends_with_the_node(client):
     assert [line for line in lines if line.startswith("line ")] == [
         f"line {i}\n" for i in range(50)
     ]
+
+
+def test_leaving_a_follow_early_does_not_wait_for_the_job(client, tmp_path):
+    release = tmp_path / "release"
+    name = client.train(
+        trainer=CustomTrainer(func=wait_for_file, func_args={"path": str(release)}, num_nodes=2)
+    )
+    stopped = threading.Event()
+
+    def follow_until_first_line():
+        stream = client.get_job_logs(name, follow=True)
+        for _ in stream:
+            break
+        stream.close()  # the job still runs: this must not block until it ends
+        stopped.set()
+
+    reader = threading.Thread(target=follow_until_first_line, daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    assert stopped.is_set()
+    assert client.get_job(name).status in ("Created", "Running")
+    release.touch()
+    wait_for(lambda: client.get_job(name).status == "Complete", 120, "job to complete")
