@@ -7,6 +7,7 @@ No Prefect server to start: the first job starts an embedded one and later jobs 
 
 from prefect_kubeflow import CustomTrainer, LocalProcessBackendConfig, TrainerClient
 from prefect_kubeflow.constants import constants
+from prefect_kubeflow.flows import server
 
 
 def train_model(lr: float = 0.1, steps: int = 5):
@@ -50,6 +51,9 @@ def main() -> None:
         f"{finished.name}: {finished.status}, steps {[(s.name, s.status) for s in finished.steps]}"
     )
     print("jobs:", [(j.name, j.status) for j in client.list_jobs()][-3:])
+    ui = server.running_server_url()
+    if ui:  # the embedded default: one local Prefect server, reused by every job
+        print(f"flow run {job} in the Prefect UI: {ui.removesuffix('/api')}/runs")
     client.delete_job(job)
     print(f"deleted {job}")
 

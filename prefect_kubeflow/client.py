@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled, Crashed, State
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import backend_for
@@ -27,7 +28,7 @@ from prefect_kubeflow.errors import (
 )
 from prefect_kubeflow.flows import server
 from prefect_kubeflow.flows.supervisor import supervisor_command
-from prefect_kubeflow.flows.trainjob import backend_settings, cancel_flow_run, run_trainjob
+from prefect_kubeflow.flows.trainjob import backend_settings, close_flow_run, run_trainjob
 from prefect_kubeflow.runtimes import RuntimeSpec, builtin_runtimes, get_runtime_spec
 from prefect_kubeflow.types import CustomTrainer, CustomTrainerContainer, Runtime, TrainJob
 
@@ -140,6 +141,8 @@ class TrainerClient:
     def list_jobs(self, runtime: Runtime | None = None) -> list[TrainJob]:
         """Every TrainJob of this backend, oldest first; only `runtime`'s if given."""
         jobs = self.backend.list_jobs()
+        for job in jobs:
+            self._close_lost_flow_run(job)
         if runtime is not None:
             jobs = [job for job in jobs if job.runtime.name == runtime.name]
         return jobs
@@ -150,7 +153,26 @@ class TrainerClient:
         Raises:
             JobNotFoundError: No TrainJob has this name.
         """
-        return self.backend.get_job(name)
+        job = self.backend.get_job(name)
+        self._close_lost_flow_run(job)
+        return job
+
+    def _close_lost_flow_run(self, job: TrainJob) -> None:
+        """A flow run whose supervising process died cannot close itself: mark it Crashed."""
+        if job.status != constants.TRAINJOB_FAILED:
+            return
+        flow_run_id = self.backend.lost_flow_run_id(job.name)
+        if flow_run_id and self._close_flow_run(flow_run_id, Crashed(message=job.message)):
+            self.backend.set_flow_run(job.name, flow_run_id, closed=True)
+
+    def _close_flow_run(self, flow_run_id: str, state: State) -> bool:
+        """Give the flow run its final state; False when no Prefect API is at hand."""
+        api_url = PREFECT_API_URL.value() or server.running_server_url()
+        if not api_url:
+            return False
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            close_flow_run(flow_run_id, state)
+        return True
 
     def get_job_logs(
         self,
@@ -269,7 +291,7 @@ class TrainerClient:
             )
         deadline = time.monotonic() + timeout
         while True:
-            job = self.backend.get_job(name)
+            job = self.get_job(name)
             if job.status in wanted:
                 return job
             if job.status == constants.TRAINJOB_FAILED:
@@ -292,9 +314,5 @@ class TrainerClient:
         """
         flow_run_id = self.backend.flow_run_id(name)
         self.backend.delete_job(name)
-        if flow_run_id is None:
-            return
-        api_url = PREFECT_API_URL.value() or server.running_server_url()
-        if api_url:
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                cancel_flow_run(flow_run_id, f"TrainJob {name!r} was deleted")
+        if flow_run_id is not None:
+            self._close_flow_run(flow_run_id, Cancelled(message=f"TrainJob {name!r} was deleted"))

@@ -47,6 +47,9 @@ MEMORY_LABEL = "memory"
 GPU_LABEL = "nvidia.com/gpu"
 RESOURCE_KEYS = frozenset({CPU_LABEL, MEMORY_LABEL, "gpu", GPU_LABEL})
 
+# The folder name under the user's data and cache folders.
+APP_NAME = "prefect-kubeflow"
+
 # Tags on every TrainJob flow run, so the Prefect UI can filter them.
 FLOW_RUN_TAG = "prefect-kubeflow"
 

@@ -70,7 +70,8 @@ class NotFoundError(PrefectKubeflowError, ValueError):
     def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
         known = sorted(known)
-        hint = f"; known: {', '.join(known)}" if known else ""
+        shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        hint = f"; known: {shown}" if known else ""
         super().__init__(f"{self.kind} {name!r} not found{hint}")
 
 

@@ -110,6 +110,7 @@ def test_a_dead_supervisor_reads_as_failed(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=sleep_forever))
     job_id = job_record(jobs_dir, name)["job_id"]
     _started_pids(client, job_id, 2)
+    wait_for(lambda: (jobs_dir / name / "flow_run.json").exists(), 120, "the flow run")
     supervisor, _ = owner_pid(jobs_dir, name)
     os.kill(supervisor, signal.SIGKILL)
     job = wait_for(
@@ -126,3 +127,7 @@ def test_a_dead_supervisor_reads_as_failed(client, jobs_dir):
         "every node to read as Failed",
     )
     assert f"(pid {supervisor}) died" in client.get_job(name).message
+    # Its flow run could not close itself: reading the job closed it, Crashed, once.
+    state = _flow_run_state(jobs_dir, name)
+    assert state.is_crashed() and "died" in state.message
+    assert json.loads((jobs_dir / name / "flow_run.json").read_text())["closed"] is True

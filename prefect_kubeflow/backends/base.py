@@ -47,14 +47,17 @@ class Backend(Protocol):
     def stop_job(self, name: str) -> None:
         """Stop every node of the job now (gang teardown); keep its records."""
 
-    def set_flow_run(self, name: str, flow_run_id: str) -> None:
-        """Remember the Prefect flow run that runs the job."""
+    def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
+        """Remember the Prefect flow run that runs the job; `closed` once its run is over."""
 
     def get_job(self, name: str) -> TrainJob:
         """The job as its records show it now."""
 
     def flow_run_id(self, name: str) -> str | None:
         """The id of the Prefect flow run that runs the job, once known."""
+
+    def lost_flow_run_id(self, name: str) -> str | None:
+        """The flow run of a job whose supervising process died before closing it."""
 
     def list_jobs(self) -> list[TrainJob]:
         """Every job on this backend, oldest first."""

@@ -31,8 +31,10 @@ def main(job_dir: str) -> None:
     _die_with_parent()
     # One write per line: lines of ranks sharing the node's pipe never tear (writes up to
     # PIPE_BUF bytes are atomic), and each line still arrives as soon as it is printed.
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # write_through is off too: PYTHONUNBUFFERED turns it on, and then print() writes a line's
+    # text and its newline separately.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)  # type: ignore[union-attr]
     # Python put this file's folder first on sys.path; the user's working directory belongs there.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [os.getcwd()] + [p for p in sys.path if os.path.abspath(p or ".") != here]

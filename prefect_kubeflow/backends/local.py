@@ -35,7 +35,6 @@ from prefect_kubeflow.backends.venv import ensure_venv
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
 
-APP_NAME = "prefect-kubeflow"
 MASTER_ADDR = "127.0.0.1"
 _ERROR_FILE = "error.txt"
 
@@ -43,11 +42,6 @@ _ERROR_FILE = "error.txt"
 def local_gpu_count() -> int:
     """NVIDIA GPUs visible on this machine, counted without importing torch."""
     return sum(1 for d in Path("/dev").glob("nvidia[0-9]*"))
-
-
-def build_node_env(base: Mapping[str, str], user_env: Mapping[str, str]) -> dict[str, str]:
-    """The parent's environment with the user's merged on top (the keeper adds the marker)."""
-    return {**base, **user_env}
 
 
 def _free_port() -> int:
@@ -92,9 +86,11 @@ class LocalProcessBackend:
     def from_settings(cls, settings: Mapping[str, Any]) -> LocalProcessBackend:
         """Build from `LocalProcessBackendConfig`'s fields; unset folders get user defaults."""
         return cls(
-            jobs_dir=Path(settings.get("jobs_dir") or Path(user_data_dir(APP_NAME)) / "jobs"),
+            jobs_dir=Path(
+                settings.get("jobs_dir") or Path(user_data_dir(constants.APP_NAME)) / "jobs"
+            ),
             venv_dir=Path(
-                settings.get("venv_cache_dir") or Path(user_cache_dir(APP_NAME)) / "venvs"
+                settings.get("venv_cache_dir") or Path(user_cache_dir(constants.APP_NAME)) / "venvs"
             ),
             grace_period=float(settings.get("stop_grace_period_seconds", 10.0)),
         )
@@ -171,14 +167,25 @@ class LocalProcessBackend:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
 
-    def set_flow_run(self, name: str, flow_run_id: str) -> None:
-        """Remember the flow run that runs the job."""
-        write_json_atomic(self._dir(name) / "flow_run.json", {"id": flow_run_id})
+    def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
+        """Remember the flow run that runs the job; `closed` once its run is over."""
+        write_json_atomic(self._dir(name) / "flow_run.json", {"id": flow_run_id, "closed": closed})
+
+    def _flow_run(self, name: str) -> dict[str, Any] | None:
+        path = self._dir(name) / "flow_run.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
-        path = self._dir(name) / "flow_run.json"
-        return json.loads(path.read_text())["id"] if path.exists() else None
+        flow_run = self._flow_run(name)
+        return flow_run["id"] if flow_run else None
+
+    def lost_flow_run_id(self, name: str) -> str | None:
+        """The flow run of a job whose supervising process died before closing it."""
+        flow_run = self._flow_run(name)
+        if flow_run is None or flow_run["closed"] or self._owner_alive(self._dir(name)):
+            return None
+        return str(flow_run["id"])
 
     # -- running -----------------------------------------------------------------------------
 
@@ -201,7 +208,7 @@ class LocalProcessBackend:
                     )
                 )
             port = _free_port()
-            env = build_node_env(os.environ, record.env)
+            env = {**os.environ, **record.env}  # merged onto ours; the keeper adds the marker
             started: list[subprocess.Popen[bytes]] = []
             self._started[name] = started
             for rank in range(record.num_nodes):

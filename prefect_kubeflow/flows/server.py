@@ -21,9 +21,10 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from prefect_kubeflow.constants import APP_NAME
 from prefect_kubeflow.errors import BackendError
 
-STATE_DIR = Path(user_cache_dir("prefect-kubeflow")) / "server"
+STATE_DIR = Path(user_cache_dir(APP_NAME)) / "server"
 STARTUP_TIMEOUT = 120.0
 NICENESS = 19
 

@@ -55,12 +55,17 @@ def trainjob(job_name: str, backend_config: BackendConfig) -> dict[str, Any] | S
     backend = backend_for(type(backend_config).__name__, backend_settings(backend_config))
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
-    backend.set_flow_run(job_name, str(context.flow_run.id))
-    backend.start_job(job_name)
-    num_nodes = backend.get_job(job_name).num_nodes
-    futures = [run_node.submit(job_name, i, backend_config) for i in range(num_nodes)]
-    wait(futures)
-    job = backend.get_job(job_name)
+    flow_run_id = str(context.flow_run.id)
+    backend.set_flow_run(job_name, flow_run_id)
+    try:
+        backend.start_job(job_name)
+        num_nodes = backend.get_job(job_name).num_nodes
+        futures = [run_node.submit(job_name, i, backend_config) for i in range(num_nodes)]
+        wait(futures)
+        job = backend.get_job(job_name)
+    finally:
+        # Whatever happens next, this process closes the run: it is not lost.
+        backend.set_flow_run(job_name, flow_run_id, closed=True)
     if cancel_requested.is_set():
         return Cancelled(message=f"TrainJob {job_name!r} was deleted")
     if job.status != constants.TRAINJOB_COMPLETE:
@@ -82,9 +87,9 @@ def run_trainjob(job_name: str, backend_config: BackendConfig, return_state: boo
         return configured(job_name, backend_config)
 
 
-def cancel_flow_run(flow_run_id: str, message: str) -> None:
-    """Mark the flow run Cancelled unless it already ended."""
+def close_flow_run(flow_run_id: str, state: State) -> None:
+    """Set the flow run's final `state` (Cancelled, Crashed) unless it already ended."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(UUID(flow_run_id))
         if flow_run.state is None or not flow_run.state.is_final():
-            client.set_flow_run_state(UUID(flow_run_id), Cancelled(message=message), force=True)
+            client.set_flow_run_state(UUID(flow_run_id), state, force=True)
