@@ -5,6 +5,7 @@ and the training function's own time under prefect-kubeflow vs under bare torchr
 file (target: <= 1.10x), as medians over the repeats. The function first waits `settle`
 seconds, so the job's one-off flow-run start-up does not overlap the timed part; the uploads
 of earlier repeats still run during later ones (a busy Prefect server on the same 2 cores).
+The baseline is the fastest bare run: stdout block-buffered into a file (no PYTHONUNBUFFERED).
 
     python benchmarks/log_capture.py [lines] [repeats] [settle_seconds]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -51,6 +53,7 @@ def bare(lines: int, settle: float) -> float:
              "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29544",
              str(script)],
             stdout=out, stderr=subprocess.PIPE, text=True, check=True,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
         )  # fmt: skip
     return _function_seconds(result.stderr)
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -69,6 +68,13 @@ def test_jobs_without_an_api_url_share_one_local_server(tmp_path):
         assert all(run.state is not None and run.state.is_completed() for run in runs)
         assert json.loads(state.read_text())["pid"] == server_pid
     finally:
-        if server_pid is not None:
-            os.killpg(server_pid, signal.SIGTERM)
-            wait_for(lambda: not processes.is_alive(server_pid, None), 60, "server to stop")
+        stop = subprocess.run(
+            [sys.executable, "-m", "prefect_kubeflow.flows.server", "stop"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert stop.stdout.strip() == "stopped"
+    assert server_pid is not None and not processes.is_alive(server_pid, None)
+    assert not state.exists()

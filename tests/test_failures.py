@@ -131,3 +131,30 @@ def test_a_dead_supervisor_reads_as_failed(client, jobs_dir):
     state = _flow_run_state(jobs_dir, name)
     assert state.is_crashed() and "died" in state.message
     assert json.loads((jobs_dir / name / "flow_run.json").read_text())["closed"] is True
+
+
+def test_a_killed_node_keeper_fails_the_job_without_hanging(client, jobs_dir):
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    job_id = job_record(jobs_dir, name)["job_id"]
+    _started_pids(client, job_id, 4)
+    log = str(jobs_dir / name / "node-1.log").encode()
+    keeper = next(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and b"prefect_kubeflow.backends.node" in (cmdline := _cmdline(entry))
+        and log in cmdline
+    )
+    os.kill(keeper, signal.SIGKILL)
+    with pytest.raises(JobFailedError, match="node-1 was killed by SIGKILL"):
+        client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
+    wait_supervisor_exit(jobs_dir, name)
+    assert processes.find_marked(job_id) == []
+    assert _flow_run_state(jobs_dir, name).is_failed()
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

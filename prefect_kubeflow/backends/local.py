@@ -370,8 +370,11 @@ class LocalProcessBackend:
         """One node's lines from its log file; with `follow`, until the node has ended."""
         job_dir = self._dir(name)
         exit_file = job_dir / f"node-{node_index}.exit"
+        keepers = self._started.get(name)
 
         def done() -> bool:
+            if keepers is not None and keepers[node_index].poll() is not None:
+                return True  # this process's own keeper ended, even one killed before its exit
             return exit_file.exists() or not job_dir.exists() or not self._owner_alive(job_dir)
 
         return read_node_log(job_dir / f"node-{node_index}.log", follow, done, tail_lines)

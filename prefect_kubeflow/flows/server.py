@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,3 +95,34 @@ def ensure_server(state_dir: Path = STATE_DIR, timeout: float = STARTUP_TIMEOUT)
             time.sleep(0.25)
         (state_dir / "server.json").write_text(json.dumps({"url": url, "pid": server.pid}))
         return url
+
+
+def stop_server(state_dir: Path = STATE_DIR, timeout: float = 30.0) -> bool:
+    """Stop the embedded server if it runs; whether there was one to stop."""
+    state = state_dir / "server.json"
+    if not state.exists():
+        return False
+    pid = int(json.loads(state.read_text())["pid"])
+    state.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)  # the server and whatever it started
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+if __name__ == "__main__":
+    # python -m prefect_kubeflow.flows.server [status|stop]
+    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if command == "stop":
+        print("stopped" if stop_server() else "no embedded server was running")
+    else:
+        print(running_server_url() or "no embedded server is running")
