@@ -114,6 +114,7 @@ class TrainerClient:
             raise InvalidInputError(
                 f"trainer must be a CustomTrainer for the local process backend, got {trainer!r}"
             )
+        trainer.validate()  # again: the dataclass may have been changed since it was built
         runtime_spec = self._runtime_spec(runtime)
         spec = JobSpec(
             name=_job_name(),

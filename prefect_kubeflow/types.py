@@ -179,6 +179,10 @@ class CustomTrainer:
     env: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises an `InvalidInputError` naming the bad value."""
         _check_function(self.func)
         _check_func_args(self.func, self.func_args)
         _check_packages(self.packages_to_install)

@@ -122,6 +122,14 @@ def test_train_rejects_bad_trainers_and_runtimes(client, jobs_dir):
     _assert_nothing_created(client, jobs_dir)
 
 
+def test_a_trainer_changed_after_it_was_built_is_checked_again(client, jobs_dir):
+    trainer = CustomTrainer(func=print_env)
+    trainer.num_nodes = 0
+    with pytest.raises(InvalidInputError, match="num_nodes must be an int >= 1, got 0"):
+        client.train(trainer=trainer)
+    _assert_nothing_created(client, jobs_dir)
+
+
 def test_unknown_job_names_for_every_method(client):
     for call in (
         lambda: client.get_job("nope"),

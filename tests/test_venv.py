@@ -36,6 +36,12 @@ def _wheel(name: str, version: str, value: int) -> bytes:
     return buffer.getvalue()
 
 
+def _trainer(package: str, index_url: str) -> CustomTrainer:
+    return CustomTrainer(
+        func=import_package, packages_to_install=[package], pip_index_urls=[index_url]
+    )
+
+
 @pytest.fixture(scope="module")
 def package_index():
     """A PEP 503 simple index on 127.0.0.1 serving one package, tinypkg 1.0."""
@@ -71,11 +77,7 @@ def package_index():
 
 def test_a_venv_is_built_once_and_reused(client, package_index, tmp_path):
     index_url, requests = package_index
-    trainer = CustomTrainer(
-        func=import_package,
-        packages_to_install=["tinypkg==1.0"],
-        pip_index_urls=[index_url],
-    )
+    trainer = _trainer("tinypkg==1.0", index_url)
     first = client.train(trainer=trainer)
     client.wait_for_job_status(first, timeout=300, polling_interval=0.2)
     venvs = [p for p in (tmp_path / "venvs").iterdir() if p.is_dir()]
@@ -99,13 +101,7 @@ def test_a_package_pip_cannot_find_fails_the_job_and_leaves_no_venv(
     client, package_index, tmp_path
 ):
     index_url, _ = package_index
-    name = client.train(
-        trainer=CustomTrainer(
-            func=import_package,
-            packages_to_install=["no-such-package-xyz==9.9"],
-            pip_index_urls=[index_url],
-        )
-    )
+    name = client.train(trainer=_trainer("no-such-package-xyz==9.9", index_url))
     with pytest.raises(JobFailedError, match="no-such-package-xyz") as failed:
         client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
     assert "pip could not install" in str(failed.value)
@@ -116,11 +112,7 @@ def test_a_package_pip_cannot_find_fails_the_job_and_leaves_no_venv(
 
 def test_two_jobs_racing_for_the_same_venv_share_one_build(client, package_index, tmp_path):
     index_url, requests = package_index
-    trainer = CustomTrainer(
-        func=import_package,
-        packages_to_install=["tinypkg>=1.0"],
-        pip_index_urls=[index_url],
-    )
+    trainer = _trainer("tinypkg>=1.0", index_url)
     downloads = requests.count("/files/tinypkg-1.0-py3-none-any.whl")
     names = [client.train(trainer=trainer), client.train(trainer=trainer)]
     for name in names:
