@@ -232,12 +232,13 @@ class LocalProcessBackend:
                     "--",
                     *argv,
                 ]
+                # A keeper is silent unless it crashes; its traceback then lands beside ours
+                # (in supervisor.log when the job runs detached).
                 started.append(
                     subprocess.Popen(
                         keeper_argv,
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
                         env=env,
                         cwd=record.workdir if Path(record.workdir).is_dir() else job_dir,
                     )

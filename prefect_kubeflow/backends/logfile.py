@@ -124,8 +124,8 @@ def read_node_log(
         if tail_lines is not None:
             file.seek(_tail_offset(file, tail_lines))
         partial = b""
+        finishing = False
         while True:
-            done = is_done()  # read before the data: a final read after `done` misses nothing
             chunk = file.read(_READ_BLOCK)
             if chunk:
                 records = (partial + chunk).split(b"\n")
@@ -133,6 +133,9 @@ def read_node_log(
                 for record in records:
                     yield _parse(record)
                 continue
-            if not follow or done:
+            if not follow or finishing:
                 return
-            time.sleep(poll_interval)
+            # Once the writer is done, one more pass reads what it wrote before it finished.
+            finishing = is_done()
+            if not finishing:
+                time.sleep(poll_interval)
