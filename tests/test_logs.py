@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 from conftest import read_task_run_logs, wait_for, wait_supervisor_exit
 from training_functions import many_lines, print_streams, wait_for_file
@@ -59,6 +60,17 @@ def test_writer_and_reader_keep_streams_and_tail(tmp_path):
     assert len(list(read_node_log(path, tail_lines=100))) == 4
 
 
+def test_each_line_keeps_the_time_it_was_written(tmp_path):
+    path = tmp_path / "node-0.log"
+    writer = NodeLogWriter(path)
+    writer.write(STDOUT, b"early\n")
+    time.sleep(0.3)
+    writer.write(STDOUT, b"late\n")
+    writer.close()
+    early, late = read_node_log(path)
+    assert late.time - early.time >= 0.3
+
+
 def test_stderr_reaches_the_api_at_warning_in_file_order(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=print_streams, func_args={"count": 3}))
     client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
@@ -73,6 +85,11 @@ def test_stderr_reaches_the_api_at_warning_in_file_order(client, jobs_dir):
     logs = read_task_run_logs(flow_run_id, "node-0")
     # Every line of the node file, in the file's order, stderr at WARNING.
     assert [log.message for log in logs] == lines
+    # Stamped when the node wrote them (the file's times), strictly increasing.
+    file_times = [line.time for line in read_node_log(jobs_dir / name / "node-0.log")]
+    api_times = [log.timestamp.timestamp() for log in logs]
+    assert all(0 <= api - wrote < 0.001 for api, wrote in zip(api_times, file_times, strict=True))
+    assert api_times == sorted(set(api_times))
     levels = {log.message: log.level for log in logs}
     assert [levels[f"out {i}"] for i in range(3)] == [20, 20, 20]
     assert [levels[f"err {i}"] for i in range(3)] == [30, 30, 30]

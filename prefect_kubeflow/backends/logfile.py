@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -24,10 +24,11 @@ _READ_BLOCK = 64 * 1024
 
 @dataclass(frozen=True)
 class LogLine:
-    """One line a node wrote, without its newline."""
+    """One line a node wrote, without its newline, and when (Unix seconds)."""
 
     stream: str
     text: str
+    time: float = field(default=0.0, compare=False)
 
 
 def _coalesce(line: bytes) -> bytes:
@@ -76,8 +77,8 @@ class NodeLogWriter:
         self._file.flush()
 
     def _put(self, stream: str, lines: list[bytes]) -> None:
-        tag = _TAGS[stream]
-        self._file.write(b"".join(tag + line + b"\n" for line in lines))
+        prefix = _TAGS[stream] + b"%.6f " % time.time()
+        self._file.write(b"".join(prefix + line + b"\n" for line in lines))
 
     def close(self) -> None:
         """Record both streams' unterminated last lines and close the file."""
@@ -87,7 +88,8 @@ class NodeLogWriter:
 
 
 def _parse(record: bytes) -> LogLine:
-    return LogLine(_STREAMS.get(record[:1], STDOUT), record[2:].decode("utf-8", "replace"))
+    stamp, _, text = record[2:].partition(b" ")
+    return LogLine(_STREAMS.get(record[:1], STDOUT), text.decode("utf-8", "replace"), float(stamp))
 
 
 def _tail_offset(file: IO[bytes], lines: int) -> int:

@@ -24,19 +24,21 @@ _TICK = timedelta(microseconds=1)
 def forward_lines(lines: Iterable[LogLine], flow_run_id: UUID, task_run_id: UUID, node: str) -> int:
     """Queue every line for upload as a log of `task_run_id`; return how many were read.
 
-    Each log gets a strictly increasing timestamp, so the Prefect UI shows them in order.
+    Each log is stamped with the time the node wrote it, made strictly increasing so that the
+    Prefect UI shows them in the node's order.
     """
     enabled = PREFECT_LOGGING_TO_API_ENABLED.value()
     worker = APILogWorker.instance() if enabled else None
     name = f"{NODE_LOGGER_NAME}.{node}"
     flow_run, task_run = str(flow_run_id), str(task_run_id)
-    last = datetime.now(timezone.utc) - _TICK
+    last = datetime.fromtimestamp(0, timezone.utc)
     count = 0
     for line in lines:
         count += 1
         if worker is None:
             continue
-        last = max(datetime.now(timezone.utc), last + _TICK)
+        # When the node wrote it; never earlier than the line before, so the order holds.
+        last = max(datetime.fromtimestamp(line.time, timezone.utc), last + _TICK)
         worker.send(
             {
                 "name": name,
