@@ -51,6 +51,15 @@ def _check_env(env: Any) -> None:
             raise InvalidInputError(f"env[{key!r}] must be a str, got {value!r}")
 
 
+def quantity(value: int | float | str) -> float:
+    """A resource amount as a number: ``2``, ``"1.5"`` or Kubernetes milli-units (``"500m"``).
+
+    Raises `ValueError` for anything else.
+    """
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
 def _check_resources(resources: Any) -> None:
     if resources is None:
         return
@@ -71,7 +80,7 @@ def _check_resources(resources: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise InvalidInputError(f"resources_per_node[{key!r}] must be a number, got {value!r}")
         try:
-            number = float(str(value).removesuffix("m")) / (1000 if str(value).endswith("m") else 1)
+            number = quantity(value)
         except ValueError:
             raise InvalidInputError(
                 f"resources_per_node[{key!r}] must be a number, got {value!r}"

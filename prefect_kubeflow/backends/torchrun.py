@@ -8,16 +8,11 @@ from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import InvalidInputError
+from prefect_kubeflow.types import quantity
 
 # The script each torchrun worker runs: it loads the shipped function and calls it.
 ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
 NPROC_POLICIES = ("auto", "cpu", "gpu")
-
-
-def _cpu_count(resources: Mapping[str, Any]) -> int:
-    cpu = str(resources[constants.CPU_LABEL])
-    count = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    return max(int(count), 1)
 
 
 def resolve_nproc_per_node(
@@ -26,7 +21,7 @@ def resolve_nproc_per_node(
     """Processes per node and their device (``cpu``/``gpu``), as Kubeflow Trainer resolves
     ``numProcPerNode``: an int as is; ``auto``: the GPUs asked for in `resources`, else the CPUs
     asked for, else the visible GPUs, else 1; ``cpu``/``gpu``: that device's count."""
-    gpus = int(float(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+    gpus = int(quantity(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 1), "gpu" if gpus else "cpu"
     if value not in NPROC_POLICIES:
@@ -36,7 +31,7 @@ def resolve_nproc_per_node(
     if value != "cpu" and (gpus or (value == "gpu" and visible_gpus)):
         return gpus or visible_gpus, "gpu"
     if value != "gpu" and constants.CPU_LABEL in resources:
-        return _cpu_count(resources), "cpu"
+        return max(int(quantity(resources[constants.CPU_LABEL])), 1), "cpu"
     if value == "auto" and visible_gpus:
         return visible_gpus, "gpu"
     return 1, "cpu"
