@@ -108,8 +108,10 @@ class LocalProcessBackend:
             return []
         return [p.parent.name for p in self.jobs_dir.glob("*/job.json")]
 
-    def _record(self, name: str) -> _Record:
-        return _Record(**json.loads((self._dir(name) / "job.json").read_text()))
+    def _load(self, name: str) -> tuple[_Record, Path]:
+        """The job's record and folder, found once."""
+        job_dir = self._dir(name)
+        return _Record(**json.loads((job_dir / "job.json").read_text())), job_dir
 
     def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
         """Write the job's record; start `supervisor` detached, or make this process the owner."""
@@ -171,19 +173,20 @@ class LocalProcessBackend:
         """Remember the flow run that runs the job; `closed` once its run is over."""
         write_json_atomic(self._dir(name) / "flow_run.json", {"id": flow_run_id, "closed": closed})
 
-    def _flow_run(self, name: str) -> dict[str, Any] | None:
-        path = self._dir(name) / "flow_run.json"
+    def _flow_run(self, job_dir: Path) -> dict[str, Any] | None:
+        path = job_dir / "flow_run.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
-        flow_run = self._flow_run(name)
+        flow_run = self._flow_run(self._dir(name))
         return flow_run["id"] if flow_run else None
 
     def lost_flow_run_id(self, name: str) -> str | None:
         """The flow run of a job whose supervising process died before closing it."""
-        flow_run = self._flow_run(name)
-        if flow_run is None or flow_run["closed"] or self._owner_alive(self._dir(name)):
+        job_dir = self._dir(name)
+        flow_run = self._flow_run(job_dir)
+        if flow_run is None or flow_run["closed"] or self._owner_alive(job_dir):
             return None
         return str(flow_run["id"])
 
@@ -193,7 +196,7 @@ class LocalProcessBackend:
         """Start every node as a torchrun agent; build the package venv first if needed."""
         if name in self._started:
             return
-        record, job_dir = self._record(name), self._dir(name)
+        record, job_dir = self._load(name)
         if (job_dir / _ERROR_FILE).exists():
             raise BackendError((job_dir / _ERROR_FILE).read_text())
         python = sys.executable
@@ -261,7 +264,7 @@ class LocalProcessBackend:
 
     def stop_job(self, name: str) -> None:
         """Stop every process of the job (torchrun agents and their workers)."""
-        processes.kill_marked(self._record(name).job_id, self.grace_period)
+        processes.kill_marked(self._load(name)[0].job_id, self.grace_period)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -271,7 +274,7 @@ class LocalProcessBackend:
 
     def get_job(self, name: str) -> TrainJob:
         """The job as its files and processes show it now."""
-        return self._to_trainjob(self._record(name), self._dir(name))
+        return self._to_trainjob(*self._load(name))
 
     def list_jobs(self) -> list[TrainJob]:
         """Every job under `jobs_dir`, oldest first."""
@@ -384,10 +387,10 @@ class LocalProcessBackend:
 
     def delete_job(self, name: str) -> None:
         """Stop the supervisor and every node process, then remove the job's directory."""
-        record, job_dir = self._record(name), self._dir(name)
+        record, job_dir = self._load(name)
         owner = json.loads((job_dir / "owner.json").read_text())
         supervised = owner["kind"] == "supervisor"
-        running = self.get_job(name).status in (
+        running = self._to_trainjob(record, job_dir).status in (
             constants.TRAINJOB_CREATED,
             constants.TRAINJOB_RUNNING,
         )
