@@ -22,6 +22,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from prefect_kubeflow.backends import processes
 from prefect_kubeflow.constants import APP_NAME
 from prefect_kubeflow.errors import BackendError
 
@@ -109,13 +110,11 @@ def stop_server(state_dir: Path = STATE_DIR, timeout: float = 30.0) -> bool:
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
+    while processes.is_alive(pid, None):
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            break
         time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
     return True
 
 
