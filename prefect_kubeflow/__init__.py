@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prefect_kubeflow.blocks import LocalProcessBackendConfig
+    from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingRuntimeSource
     from prefect_kubeflow.client import TrainerClient
     from prefect_kubeflow.types import (
         CustomTrainer,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrainerClient": "prefect_kubeflow.client",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
+    "TrainingRuntimeSource": "prefect_kubeflow.blocks",
     "CustomTrainer": "prefect_kubeflow.types",
     "CustomTrainerContainer": "prefect_kubeflow.types",
     "Event": "prefect_kubeflow.types",
@@ -48,6 +49,7 @@ __all__ = [
     "TrainJob",
     "TrainerClient",
     "TrainerType",
+    "TrainingRuntimeSource",
 ]
 
 

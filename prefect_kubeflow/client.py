@@ -21,6 +21,7 @@ from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.blocks import LocalProcessBackendConfig
 from prefect_kubeflow.errors import (
     InvalidInputError,
+    InvalidRuntimeError,
     InvalidStatusError,
     JobFailedError,
     JobTimeoutError,
@@ -29,8 +30,14 @@ from prefect_kubeflow.errors import (
 from prefect_kubeflow.flows import server
 from prefect_kubeflow.flows.supervisor import supervisor_command
 from prefect_kubeflow.flows.trainjob import backend_settings, close_flow_run, run_trainjob
-from prefect_kubeflow.runtimes import RuntimeSpec, builtin_runtimes, get_runtime_spec
-from prefect_kubeflow.types import CustomTrainer, CustomTrainerContainer, Runtime, TrainJob
+from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
+from prefect_kubeflow.types import (
+    CustomTrainer,
+    CustomTrainerContainer,
+    Runtime,
+    TrainerType,
+    TrainJob,
+)
 
 _END = object()
 
@@ -57,31 +64,53 @@ class TrainerClient:
         self.backend_config = backend_config or LocalProcessBackendConfig()
         self._kind = type(self.backend_config).__name__
         self.backend = backend_for(self._kind, backend_settings(self.backend_config))
+        source = self.backend_config.runtime_source
+        self.runtimes = source.get_catalog() if source is not None else RuntimeCatalog()
 
     # -- runtimes ----------------------------------------------------------------------------
 
-    def list_runtimes(self) -> list[Runtime]:
-        """The available training runtimes."""
-        return [spec.runtime for spec in builtin_runtimes().values()]
+    def list_runtimes(self, refresh: bool = False) -> list[Runtime]:
+        """The available training runtimes: the backend config's `runtime_source` in order,
+        then the built-in ones; each `Runtime.origin` says where it was read from.
 
-    def get_runtime(self, name: str) -> Runtime:
-        """The runtime called `name`.
+        A source that fails is skipped with a `RuntimeSourceWarning` (a stale cached copy
+        serves if there is one). `refresh` fetches remote sources even when cached.
+        """
+        return [spec.runtime for spec in self.runtimes.list_runtimes(refresh)]
+
+    def get_runtime(self, name: str, refresh: bool = False) -> Runtime:
+        """The runtime called `name` (the first source defining it wins).
 
         Raises:
-            RuntimeNotFoundError: No runtime has this name (the message lists the known ones).
+            RuntimeNotFoundError: No runtime has this name (the message lists the known ones
+                and any source that failed to load).
         """
-        return get_runtime_spec(name).runtime
+        return self.runtimes.get(name, refresh).runtime
 
     def _runtime_spec(self, runtime: str | Runtime | None) -> RuntimeSpec:
         if runtime is None:
-            return get_runtime_spec(constants.DEFAULT_TRAINING_RUNTIME)
-        if isinstance(runtime, str):
-            return get_runtime_spec(runtime)
-        if isinstance(runtime, Runtime):
-            known = builtin_runtimes().get(runtime.name)
-            nproc = known.num_proc_per_node if known else "auto"
-            return RuntimeSpec(runtime, nproc)
-        raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
+            spec = self.runtimes.get(constants.DEFAULT_TRAINING_RUNTIME)
+        elif isinstance(runtime, str):
+            spec = self.runtimes.get(runtime)
+        elif isinstance(runtime, Runtime):
+            known = self.runtimes.load().specs.get(runtime.name)
+            # A Runtime built in code that no source defines: as given, with the framework's
+            # default image if it names none.
+            spec = known or RuntimeSpec(self.runtimes.runtime_default_image(runtime))
+        else:
+            raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
+        if spec.runtime.trainer.trainer_type is not TrainerType.CUSTOM_TRAINER:
+            raise InvalidRuntimeError(
+                f"runtime {spec.runtime.name!r} runs a built-in trainer "
+                f"({' '.join(spec.runtime.trainer.command)!r}); a CustomTrainer needs a "
+                f"CustomTrainer runtime such as {constants.DEFAULT_TRAINING_RUNTIME!r}"
+            )
+        if spec.ml_policy != "torch":
+            raise InvalidRuntimeError(
+                f"runtime {spec.runtime.name!r} has ML policy {spec.ml_policy!r}; this backend "
+                "runs torch (torchrun) runtimes only"
+            )
+        return spec
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -104,6 +133,8 @@ class TrainerClient:
         Raises:
             InvalidInputError: An argument is invalid; nothing was created.
             RuntimeNotFoundError: `runtime` names no known runtime.
+            InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend (a
+                built-in trainer, or an ML policy other than torch).
             JobFailedError: (inside a flow) the job failed.
         """
         if initializer is not None or options:
@@ -116,18 +147,26 @@ class TrainerClient:
             )
         trainer.validate()  # again: the dataclass may have been changed since it was built
         runtime_spec = self._runtime_spec(runtime)
+        # The runtime's numNodes, numProcPerNode, resources and env are defaults; the
+        # trainer's num_nodes, resources_per_node (cpu/gpu decide the processes per node, as
+        # for numProcPerNode "auto") and env override them.
+        resources = dict(trainer.resources_per_node or runtime_spec.resources)
+        overrides_nproc = bool(
+            trainer.resources_per_node
+            and {"cpu", "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
+        )
         spec = JobSpec(
             name=_job_name(),
             runtime=runtime_spec.runtime,
             num_nodes=trainer.num_nodes or runtime_spec.runtime.trainer.num_nodes,
-            num_proc_per_node=runtime_spec.num_proc_per_node,
+            num_proc_per_node="auto" if overrides_nproc else runtime_spec.num_proc_per_node,
             function_name=trainer.func.__name__,
             function_source=textwrap.dedent(inspect.getsource(trainer.func)),
             func_args=dict(trainer.func_args or {}),
             packages_to_install=list(trainer.packages_to_install or []),
             pip_index_urls=list(trainer.pip_index_urls),
-            env=dict(trainer.env or {}),
-            resources_per_node=dict(trainer.resources_per_node or {}),
+            env={**runtime_spec.env, **(trainer.env or {})},
+            resources_per_node=resources,
         )
         settings = backend_settings(self.backend_config)
         if FlowRunContext.get() is not None:

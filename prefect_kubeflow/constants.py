@@ -35,6 +35,8 @@ RUNTIME_FRAMEWORK_LABEL = "trainer.kubeflow.org/framework"
 TRAINJOB_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 
 DEFAULT_TRAINING_RUNTIME = "torch-distributed"
+# numProcPerNode: a positive int or one of these policies.
+NPROC_POLICIES = ("auto", "cpu", "gpu")
 DEFAULT_PIP_INDEX_URLS = ("https://pypi.org/simple",)
 DEFAULT_FRAMEWORK_IMAGES = {"torch": "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"}
 

@@ -7,11 +7,16 @@ Each also subclasses the builtin that Kubeflow SDK users already catch::
     │   ├── InvalidFunctionError            `func` cannot be shipped as source
     │   ├── InvalidFuncArgsError            `func_args` not JSON-able / not matching `func`
     │   ├── InvalidPackageSpecError         a `packages_to_install` entry pip would reject
-    │   └── InvalidStatusError              a status outside the four TrainJob statuses
+    │   ├── InvalidStatusError              a status outside the four TrainJob statuses
+    │   └── InvalidRuntimeError             a runtime this backend cannot train on
     ├── NotFoundError (ValueError)
     │   ├── JobNotFoundError
     │   ├── RuntimeNotFoundError
     │   └── StepNotFoundError
+    ├── RuntimeSourceError                  a runtime source failed (`.source` names it)
+    │   ├── InvalidRuntimeSourceError (ValueError)  unknown scheme, relative path, http://
+    │   ├── RuntimeParseError (ValueError)  malformed, oversized or wrong-kind YAML
+    │   └── RuntimeFetchError (RuntimeError)  unreachable, TLS refused, HTTP error status
     ├── JobFailedError (RuntimeError)       the TrainJob reached Failed
     ├── JobTimeoutError (TimeoutError)      waiting for a status took too long
     └── BackendError (RuntimeError)         the backend could not do what was asked
@@ -27,13 +32,19 @@ __all__ = [
     "InvalidFunctionError",
     "InvalidInputError",
     "InvalidPackageSpecError",
+    "InvalidRuntimeError",
+    "InvalidRuntimeSourceError",
     "InvalidStatusError",
     "JobFailedError",
     "JobNotFoundError",
     "JobTimeoutError",
     "NotFoundError",
     "PrefectKubeflowError",
+    "RuntimeFetchError",
     "RuntimeNotFoundError",
+    "RuntimeParseError",
+    "RuntimeSourceError",
+    "RuntimeSourceWarning",
     "StepNotFoundError",
 ]
 
@@ -62,17 +73,48 @@ class InvalidStatusError(InvalidInputError):
     """A status outside Created, Running, Complete and Failed."""
 
 
+class InvalidRuntimeError(InvalidInputError):
+    """The runtime exists but this backend cannot train the given trainer on it."""
+
+
+class RuntimeSourceError(PrefectKubeflowError):
+    """A runtime source could not be used; the message starts with the source."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"runtime source {source!r}: {reason}")
+
+
+class InvalidRuntimeSourceError(RuntimeSourceError, InvalidInputError):
+    """The source is not one of the accepted forms (github://, https://, file://, /abs)."""
+
+
+class RuntimeParseError(RuntimeSourceError, InvalidInputError):
+    """A runtime document is malformed, oversized or of the wrong kind; the message names the
+    document and the field."""
+
+
+class RuntimeFetchError(RuntimeSourceError, RuntimeError):
+    """The source could not be read: unreachable host, refused certificate, HTTP error
+    (`status` holds the HTTP status when there was one)."""
+
+    def __init__(self, source: str, reason: str, status: int | None = None) -> None:
+        super().__init__(source, reason)
+        self.status = status
+
+
 class NotFoundError(PrefectKubeflowError, ValueError):
     """A named object does not exist."""
 
     kind = "object"
 
-    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, known: Iterable[str] = (), hint: str = "") -> None:
         self.name = name
         known = sorted(known)
         shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
-        hint = f"; known: {shown}" if known else ""
-        super().__init__(f"{self.kind} {name!r} not found{hint}")
+        listed = f"; known: {shown}" if known else ""
+        super().__init__(f"{self.kind} {name!r} not found{listed}{hint}")
 
 
 class JobNotFoundError(NotFoundError):
@@ -108,3 +150,11 @@ class JobTimeoutError(PrefectKubeflowError, TimeoutError):
 
 class BackendError(PrefectKubeflowError, RuntimeError):
     """The backend could not carry out the request."""
+
+
+class RuntimeSourceWarning(UserWarning):
+    """A runtime source failed, or is served from a stale cache; the other sources still serve.
+
+    Filter it like any warning: ``warnings.simplefilter("error", RuntimeSourceWarning)`` makes
+    every failing source an error.
+    """

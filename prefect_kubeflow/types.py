@@ -249,11 +249,16 @@ class RuntimeTrainer:
 
 @dataclass
 class Runtime:
-    """A training runtime: a named, pre-configured training environment."""
+    """A training runtime: a named, pre-configured training environment.
+
+    ``origin`` goes beyond the Kubeflow SDK: where the runtime was read from (a file, URL,
+    ``github://`` path or ``builtin:`` file), or None for a Runtime built in code.
+    """
 
     name: str
     trainer: RuntimeTrainer
     pretrained_model: str | None = None
+    origin: str | None = None
 
 
 @dataclass

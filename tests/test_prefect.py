@@ -13,7 +13,12 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from training_functions import ddp_all_reduce, fail_on_rank
 
-from prefect_kubeflow import CustomTrainer, LocalProcessBackendConfig, TrainerClient
+from prefect_kubeflow import (
+    CustomTrainer,
+    LocalProcessBackendConfig,
+    TrainerClient,
+    TrainingRuntimeSource,
+)
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import JobFailedError
 
@@ -66,6 +71,15 @@ class TestLocalProcessBackendConfigBlock(BlockStandardTestSuite):
         assert str(block._logo_url).startswith("https://")
 
 
+class TestTrainingRuntimeSourceBlock(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return TrainingRuntimeSource
+
+    def test_has_a_valid_image(self, block):
+        assert str(block._logo_url).startswith("https://")
+
+
 def test_block_save_and_load_round_trip(tmp_path):
     saved = LocalProcessBackendConfig(jobs_dir=str(tmp_path / "j"), stop_grace_period_seconds=3)
     saved.save("team-local", overwrite=True)
@@ -83,6 +97,5 @@ def test_block_register_from_the_module():
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "kubeflow-local-process-backend" in result.stdout.replace("\n", "") or (
-        "Kubeflow Local Process Backend" in result.stdout
-    )
+    for name in ("Kubeflow Local Process Backend", "Kubeflow Training Runtime Source"):
+        assert name in result.stdout, result.stdout

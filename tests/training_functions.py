@@ -73,3 +73,12 @@ def many_lines(count: int = 1000):
 
 def takes_two(a: int, b: str = "x"):
     print(a, b)
+
+
+def rank_env(name: str = "PK_TEST_VAR"):
+    import os
+
+    print(
+        f"rank={os.environ['RANK']} local_world={os.environ['LOCAL_WORLD_SIZE']} "
+        f"{name}={os.environ.get(name)}"
+    )

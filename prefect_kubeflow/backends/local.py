@@ -29,10 +29,10 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import STDERR, LogLine, read_node_log
-from prefect_kubeflow.backends.node import write_json_atomic
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, resolve_nproc_per_node, torchrun_argv
 from prefect_kubeflow.backends.venv import ensure_venv
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
+from prefect_kubeflow.files import write_json_atomic
 from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
 
 MASTER_ADDR = "127.0.0.1"
@@ -128,6 +128,7 @@ class LocalProcessBackend:
                 "framework": trainer.framework,
                 "image": trainer.image,
                 "num_nodes": trainer.num_nodes,
+                "origin": spec.runtime.origin,
             },
             num_nodes=spec.num_nodes,
             nproc_per_node=nproc,
@@ -343,7 +344,9 @@ class LocalProcessBackend:
         )
         return TrainJob(
             name=record.name,
-            runtime=Runtime(name=record.runtime["name"], trainer=trainer),
+            runtime=Runtime(
+                name=record.runtime["name"], trainer=trainer, origin=record.runtime.get("origin")
+            ),
             steps=steps,
             num_nodes=record.num_nodes,
             creation_timestamp=datetime.fromisoformat(record.created),

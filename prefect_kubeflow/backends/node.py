@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
 import selectors
 import signal
@@ -22,21 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from prefect_kubeflow.backends.logfile import STDERR, STDOUT, NodeLogWriter
 from prefect_kubeflow.backends.processes import JOB_ID_ENV
+from prefect_kubeflow.files import write_json_atomic
 
 _PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1024 * 1024
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON so that readers never see half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
 
 
 def pump(process: subprocess.Popen[bytes], writer: NodeLogWriter) -> None:

@@ -12,7 +12,6 @@ from prefect_kubeflow.types import quantity
 
 # The script each torchrun worker runs: it loads the shipped function and calls it.
 ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
-NPROC_POLICIES = ("auto", "cpu", "gpu")
 
 
 def resolve_nproc_per_node(
@@ -24,9 +23,9 @@ def resolve_nproc_per_node(
     gpus = int(quantity(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 1), "gpu" if gpus else "cpu"
-    if value not in NPROC_POLICIES:
+    if value not in constants.NPROC_POLICIES:
         raise InvalidInputError(
-            f"numProcPerNode {value!r} is invalid; use an int or one of {NPROC_POLICIES}"
+            f"numProcPerNode {value!r} is invalid; use an int or one of {constants.NPROC_POLICIES}"
         )
     if value != "cpu" and (gpus or (value == "gpu" and visible_gpus)):
         return gpus or visible_gpus, "gpu"

@@ -1,5 +1,6 @@
 """Prefect Blocks configuring prefect-kubeflow: saved, loaded and edited in the Prefect UI."""
 
 from prefect_kubeflow.blocks.local import LocalProcessBackendConfig
+from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
 
-__all__ = ["LocalProcessBackendConfig"]
+__all__ = ["LocalProcessBackendConfig", "TrainingRuntimeSource"]

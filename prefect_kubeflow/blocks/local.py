@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl
 
+from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
+
 
 class LocalProcessBackendConfig(Block):
     """Run TrainJobs as torchrun processes on this machine, one process tree per node.
@@ -48,4 +50,11 @@ class LocalProcessBackendConfig(Block):
         default=10.0,
         ge=0,
         description="Seconds a node gets to exit after SIGTERM before it is killed.",
+    )
+    runtime_source: TrainingRuntimeSource | None = Field(
+        default=None,
+        description=(
+            "Where runtimes come from besides the built-in ones; their images are not used by "
+            "this backend, their nodes, processes per node, environment and resources are."
+        ),
     )

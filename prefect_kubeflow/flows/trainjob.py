@@ -28,8 +28,12 @@ MAX_NODES = 256
 
 
 def backend_settings(config: BackendConfig) -> dict[str, Any]:
-    """A configuration block's fields as the plain mapping backends take."""
-    return config.model_dump(include=set(type(config).model_fields))
+    """A configuration block's fields as the plain mapping backends take.
+
+    Without the runtime source: the client resolves runtimes before a job exists, so backends
+    never need it (and it may hold a token that must not reach a process's argv).
+    """
+    return config.model_dump(include=set(type(config).model_fields) - {"runtime_source"})
 
 
 @task(name="node", task_run_name="node-{node_index}")
