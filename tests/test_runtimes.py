@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import owner_pid
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter
 from runtime_servers import runtime_doc, runtime_yaml
 from training_functions import rank_env
 
@@ -183,3 +187,16 @@ def test_the_nested_source_block_saves_and_loads(config, runtimes_dir):
     assert loaded.runtime_source.github_token.get_secret_value() == "ghp_never_in_argv"
     listed = TrainerClient(backend_config=loaded).list_runtimes()
     assert listed[0].name == "team-ddp"
+
+
+def test_a_subflow_with_a_token_bearing_source_keeps_the_token_out_of_the_api(config):
+    @flow(name="team-training")
+    def team_training() -> str:
+        client = TrainerClient(backend_config=config)
+        return client.train(runtime="team-ddp", trainer=CustomTrainer(func=rank_env))
+
+    name = team_training()
+    with get_client(sync_client=True) as api:
+        [run] = api.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [name]}))
+        assert run.state is not None and run.state.is_completed()
+        assert "ghp_never_in_argv" not in json.dumps(run.parameters, default=str)
