@@ -28,7 +28,15 @@ from platformdirs import user_cache_dir, user_data_dir
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
-from prefect_kubeflow.backends.logfile import STDERR, LogLine, read_node_log
+from prefect_kubeflow.backends.jobfiles import (
+    node_exit_file,
+    node_failure,
+    node_log,
+    read_flow_run,
+    write_flow_run,
+    write_function,
+)
+from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, resolve_nproc_per_node, torchrun_argv
 from prefect_kubeflow.backends.venv import ensure_venv
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
@@ -144,10 +152,7 @@ class LocalProcessBackend:
         job_dir = self.jobs_dir / spec.name
         job_dir.mkdir(parents=True)
         try:
-            (job_dir / "function.py").write_text(spec.function_source)
-            write_json_atomic(
-                job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
-            )
+            write_function(job_dir, spec)
             owner: dict[str, Any]
             if supervisor is None:
                 owner = {"pid": os.getpid(), "kind": "inline"}
@@ -172,21 +177,17 @@ class LocalProcessBackend:
 
     def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
         """Remember the flow run that runs the job; `closed` once its run is over."""
-        write_json_atomic(self._dir(name) / "flow_run.json", {"id": flow_run_id, "closed": closed})
-
-    def _flow_run(self, job_dir: Path) -> dict[str, Any] | None:
-        path = job_dir / "flow_run.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        write_flow_run(self._dir(name), flow_run_id, closed)
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
-        flow_run = self._flow_run(self._dir(name))
+        flow_run = read_flow_run(self._dir(name))
         return flow_run["id"] if flow_run else None
 
     def lost_flow_run_id(self, name: str) -> str | None:
         """The flow run of a job whose supervising process died before closing it."""
         job_dir = self._dir(name)
-        flow_run = self._flow_run(job_dir)
+        flow_run = read_flow_run(job_dir)
         if flow_run is None or flow_run["closed"] or self._owner_alive(job_dir):
             return None
         return str(flow_run["id"])
@@ -230,8 +231,8 @@ class LocalProcessBackend:
                     sys.executable,
                     "-m",
                     "prefect_kubeflow.backends.node",
-                    str(job_dir / f"node-{rank}.log"),
-                    str(job_dir / f"node-{rank}.exit"),
+                    str(node_log(job_dir, rank)),
+                    str(node_exit_file(job_dir, rank)),
                     record.job_id,
                     "--",
                     *argv,
@@ -258,7 +259,7 @@ class LocalProcessBackend:
         """Block until the node ends and its log is complete; its exit code."""
         keeper = self._started[name][node_index]
         code = keeper.wait()
-        exit_file = self._dir(name) / f"node-{node_index}.exit"
+        exit_file = node_exit_file(self._dir(name), node_index)
         if not exit_file.exists():  # the keeper itself was killed
             write_json_atomic(exit_file, {"code": code, "orphaned": False})
         return code
@@ -291,7 +292,7 @@ class LocalProcessBackend:
         exits: dict[int, int] = {}
         orphaned = False
         for rank in range(record.num_nodes):
-            exit_file = job_dir / f"node-{rank}.exit"
+            exit_file = node_exit_file(job_dir, rank)
             if exit_file.exists():
                 ended = json.loads(exit_file.read_text())
                 exits[rank] = ended["code"]
@@ -304,7 +305,7 @@ class LocalProcessBackend:
                 status = constants.STEP_SUCCEEDED if exits[rank] == 0 else constants.STEP_FAILED
             elif not owner_alive:
                 status = constants.STEP_FAILED
-            elif (job_dir / f"node-{rank}.log").exists():
+            elif (node_log(job_dir, rank)).exists():
                 status = constants.STEP_RUNNING
             else:
                 status = constants.STEP_PENDING
@@ -357,26 +358,15 @@ class LocalProcessBackend:
     def _failure(self, record: _Record, job_dir: Path, exits: dict[int, int]) -> str:
         """Why the job failed: the first node to fail, with its last error lines."""
         failed = [r for r, code in exits.items() if code != 0]
-        rank = min(failed, key=lambda r: (job_dir / f"node-{r}.exit").stat().st_mtime_ns)
-        code = exits[rank]
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-        header = f"{constants.NODE}-{rank} {how}"
-        first_rank = rank * record.nproc_per_node
-        ranks = range(first_rank, first_rank + record.nproc_per_node)
-        for global_rank in ranks:
-            error = job_dir / "errors" / f"rank-{global_rank}.txt"
-            if error.exists():
-                return f"{header}; rank {global_rank} raised:\n{error.read_text().rstrip()}"
-        lines = list(read_node_log(job_dir / f"node-{rank}.log", tail_lines=200))
-        errors = [line.text for line in lines if line.stream == STDERR][-20:]
-        return header + ("\n" + "\n".join(errors) if errors else "")
+        rank = min(failed, key=lambda r: node_exit_file(job_dir, r).stat().st_mtime_ns)
+        return node_failure(job_dir, rank, exits[rank], record.nproc_per_node)
 
     def node_logs(
         self, name: str, node_index: int, follow: bool, tail_lines: int | None
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until the node has ended."""
         job_dir = self._dir(name)
-        exit_file = job_dir / f"node-{node_index}.exit"
+        exit_file = node_exit_file(job_dir, node_index)
         keepers = self._started.get(name)
 
         def done() -> bool:
@@ -384,7 +374,7 @@ class LocalProcessBackend:
                 return True  # this process's own keeper ended, even one killed before its exit
             return exit_file.exists() or not job_dir.exists() or not self._owner_alive(job_dir)
 
-        return read_node_log(job_dir / f"node-{node_index}.log", follow, done, tail_lines)
+        return read_node_log(node_log(job_dir, node_index), follow, done, tail_lines)
 
     # -- deleting ----------------------------------------------------------------------------
 

@@ -1,0 +1,61 @@
+"""A job's folder on the host, shared by the backends whose nodes run on this machine:
+the shipped function, the flow-run file, per-node logs and exit files, the ranks' tracebacks."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.logfile import STDERR, read_node_log
+from prefect_kubeflow.files import write_json_atomic
+
+FLOW_RUN_FILE = "flow_run.json"
+
+
+def write_function(job_dir: Path, spec: JobSpec) -> None:
+    """Ship the training function: its source and its name and JSON arguments."""
+    (job_dir / "function.py").write_text(spec.function_source)
+    write_json_atomic(
+        job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
+    )
+
+
+def read_flow_run(job_dir: Path) -> dict[str, Any] | None:
+    """``{"id": ..., "closed": ...}`` of the job's flow run, once it has one."""
+    path = job_dir / FLOW_RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_flow_run(job_dir: Path, flow_run_id: str, closed: bool) -> None:
+    """Remember the job's flow run; `closed` once its run is over."""
+    write_json_atomic(job_dir / FLOW_RUN_FILE, {"id": flow_run_id, "closed": closed})
+
+
+def node_log(job_dir: Path, node_index: int) -> Path:
+    """The node's log file (written by its keeper)."""
+    return job_dir / f"{constants.NODE}-{node_index}.log"
+
+
+def node_exit_file(job_dir: Path, node_index: int) -> Path:
+    """The node's exit file, written by its keeper once the log is complete."""
+    return job_dir / f"{constants.NODE}-{node_index}.exit"
+
+
+def node_failure(job_dir: Path, node_index: int, code: int, nproc_per_node: int) -> str:
+    """Why a node failed: how it ended, then a rank's traceback or the node's last stderr."""
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    if code == 137:
+        how += " (killed: SIGKILL, or out of memory)"
+    header = f"{constants.NODE}-{node_index} {how}"
+    first_rank = node_index * nproc_per_node
+    for global_rank in range(first_rank, first_rank + nproc_per_node):
+        error = job_dir / "errors" / f"rank-{global_rank}.txt"
+        if error.exists():
+            return f"{header}; rank {global_rank} raised:\n{error.read_text().rstrip()}"
+    lines = list(read_node_log(node_log(job_dir, node_index), tail_lines=200))
+    errors = [line.text for line in lines if line.stream == STDERR][-20:]
+    return header + ("\n" + "\n".join(errors) if errors else "")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Build the Python + PyTorch (CPU) image the container tests and benchmarks run, with no
+# registry: a Debian minbase rootfs + python3 + the local torch wheel, imported into every
+# running engine (Docker, Podman). A no-op for an engine that already has the tag.
+#   scripts/build-test-image.sh [TAG]
+set -euo pipefail
+
+tag=${1:-localhost/prefect-kubeflow-test:torch-2.13.0}
+wheels=${PIP_FIND_LINKS:-/opt/wheels}
+cache=${PK_IMAGE_CACHE:-/var/cache/prefect-kubeflow}
+tarball="$cache/$(echo "$tag" | tr '/:' '__').tar"
+
+engines=()
+docker -H unix:///var/run/docker.sock info >/dev/null 2>&1 && engines+=(docker)
+podman info >/dev/null 2>&1 && engines+=(podman)
+((${#engines[@]})) || { echo "no container engine is running (scripts/start-container-engines.sh)" >&2; exit 1; }
+
+missing=()
+for engine in "${engines[@]}"; do
+  "$engine" image inspect "$tag" >/dev/null 2>&1 || missing+=("$engine")
+done
+((${#missing[@]})) || { echo "$tag: present in ${engines[*]}"; exit 0; }
+
+if [[ ! -s "$tarball" ]]; then
+  wheel=$(ls "$wheels"/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n1)
+  [[ -n "$wheel" ]] || { echo "no torch 2.13.0 CPU wheel in $wheels" >&2; exit 1; }
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  rootfs=$(mktemp -d /var/tmp/pk-rootfs.XXXXXX)
+  cleanup() {
+    umount "$rootfs/wheels" 2>/dev/null || true
+    umount "$rootfs/proc" 2>/dev/null || true
+    rm -rf "$rootfs"
+  }
+  trap cleanup EXIT
+  echo "debootstrap bookworm from $mirror"
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
+  mount -t proc proc "$rootfs/proc"
+  printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+  chmod +x "$rootfs/usr/sbin/policy-rc.d"
+  cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/host-ca.crt"
+  # A clean environment: this machine's PIP_*/SSL_* variables name host paths.
+  in_root() { chroot "$rootfs" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"; }
+  in_root DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    python3 python3-pip python3-venv >/dev/null
+  mkdir -p "$rootfs/wheels"
+  mount --bind -o ro "$wheels" "$rootfs/wheels"
+  echo "installing $(basename "$wheel") into the image"
+  in_root pip3 install -q --no-cache-dir --cert /tmp/host-ca.crt --break-system-packages \
+    "/wheels/$(basename "$wheel")" numpy
+  umount "$rootfs/wheels" "$rootfs/proc"
+  rm -f "$rootfs/usr/sbin/policy-rc.d" "$rootfs/tmp/host-ca.crt"
+  rm -rf "$rootfs/var/lib/apt/lists"/* "$rootfs/var/cache/apt"/*
+  mkdir -p "$cache"
+  tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+fi
+
+for engine in "${missing[@]}"; do
+  echo "importing $tag into $engine"
+  if [[ $engine == docker ]]; then
+    docker import -c 'CMD ["/bin/bash"]' "$tarball" "$tag" >/dev/null
+  else
+    podman import --change 'CMD ["/bin/bash"]' "$tarball" "$tag" >/dev/null
+  fi
+  "$engine" run --rm "$tag" python3 -c \
+    'import torch, torch.distributed as d; assert d.is_gloo_available(); print("torch", torch.__version__)'
+done
