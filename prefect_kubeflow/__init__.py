@@ -10,7 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingRuntimeSource
+    from prefect_kubeflow.blocks import (
+        ContainerBackendConfig,
+        LocalProcessBackendConfig,
+        TrainingRuntimeSource,
+    )
     from prefect_kubeflow.client import TrainerClient
     from prefect_kubeflow.types import (
         CustomTrainer,
@@ -28,6 +32,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrainerClient": "prefect_kubeflow.client",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
+    "ContainerBackendConfig": "prefect_kubeflow.blocks",
     "TrainingRuntimeSource": "prefect_kubeflow.blocks",
     "CustomTrainer": "prefect_kubeflow.types",
     "CustomTrainerContainer": "prefect_kubeflow.types",
@@ -39,6 +44,7 @@ _EXPORTS = {
     "TrainJob": "prefect_kubeflow.types",
 }
 __all__ = [
+    "ContainerBackendConfig",
     "CustomTrainer",
     "CustomTrainerContainer",
     "Event",

@@ -18,7 +18,7 @@ from prefect.states import Cancelled, Crashed, State
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import backend_for
 from prefect_kubeflow.backends.base import JobSpec
-from prefect_kubeflow.blocks import LocalProcessBackendConfig
+from prefect_kubeflow.blocks import BACKEND_CONFIGS, BackendConfig, LocalProcessBackendConfig
 from prefect_kubeflow.errors import (
     InvalidInputError,
     InvalidRuntimeError,
@@ -54,15 +54,20 @@ class TrainerClient:
     """Create, watch and delete Kubeflow TrainJobs; each one runs as a Prefect flow run.
 
     Args:
-        backend_config: Where nodes run. Defaults to `LocalProcessBackendConfig()`.
+        backend_config: Where nodes run: `LocalProcessBackendConfig` (the default) or
+            `ContainerBackendConfig`.
 
     Raises:
         InvalidInputError: `backend_config` is not a supported backend configuration.
     """
 
-    def __init__(self, backend_config: LocalProcessBackendConfig | None = None) -> None:
+    def __init__(self, backend_config: BackendConfig | None = None) -> None:
         self.backend_config = backend_config or LocalProcessBackendConfig()
         self._kind = type(self.backend_config).__name__
+        if self._kind not in BACKEND_CONFIGS:
+            raise InvalidInputError(
+                f"backend_config must be one of {sorted(BACKEND_CONFIGS)}, got {backend_config!r}"
+            )
         self.backend = backend_for(self._kind, backend_settings(self.backend_config))
         source = self.backend_config.runtime_source
         self.runtimes = source.get_catalog() if source is not None else RuntimeCatalog()
@@ -139,12 +144,10 @@ class TrainerClient:
         """
         if initializer is not None or options:
             raise InvalidInputError(
-                "initializer and options are not supported by the local process backend yet"
+                "initializer and options are not supported by prefect-kubeflow's backends yet"
             )
         if not isinstance(trainer, CustomTrainer):
-            raise InvalidInputError(
-                f"trainer must be a CustomTrainer for the local process backend, got {trainer!r}"
-            )
+            raise InvalidInputError(f"trainer must be a CustomTrainer, got {trainer!r}")
         trainer.validate()  # again: the dataclass may have been changed since it was built
         runtime_spec = self._runtime_spec(runtime)
         # The runtime's numNodes, numProcPerNode, resources and env are defaults; the

@@ -20,6 +20,9 @@ Each also subclasses the builtin that Kubeflow SDK users already catch::
     ├── JobFailedError (RuntimeError)       the TrainJob reached Failed
     ├── JobTimeoutError (TimeoutError)      waiting for a status took too long
     └── BackendError (RuntimeError)         the backend could not do what was asked
+        ├── EngineUnavailableError          no Docker/Podman engine answers
+        ├── ImageUnavailableError           the image is missing and cannot be pulled
+        └── NameConflictError               a container or network of that name exists
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import Iterable
 
 __all__ = [
     "BackendError",
+    "EngineUnavailableError",
+    "ImageUnavailableError",
     "InvalidFuncArgsError",
     "InvalidFunctionError",
     "InvalidInputError",
@@ -38,6 +43,7 @@ __all__ = [
     "JobFailedError",
     "JobNotFoundError",
     "JobTimeoutError",
+    "NameConflictError",
     "NotFoundError",
     "PrefectKubeflowError",
     "RuntimeFetchError",
@@ -150,6 +156,18 @@ class JobTimeoutError(PrefectKubeflowError, TimeoutError):
 
 class BackendError(PrefectKubeflowError, RuntimeError):
     """The backend could not carry out the request."""
+
+
+class EngineUnavailableError(BackendError):
+    """No container engine answers; the message says which were tried and how to start one."""
+
+
+class ImageUnavailableError(BackendError):
+    """The image is not present and cannot (or may not) be pulled."""
+
+
+class NameConflictError(BackendError):
+    """A container or network with the job's name already exists."""
 
 
 class RuntimeSourceWarning(UserWarning):

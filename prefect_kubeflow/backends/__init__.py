@@ -14,7 +14,7 @@ from prefect_kubeflow.errors import InvalidInputError
 if TYPE_CHECKING:
     from prefect_kubeflow.backends.base import Backend
 
-SUPPORTED = ("LocalProcessBackendConfig",)
+SUPPORTED = ("LocalProcessBackendConfig", "ContainerBackendConfig")
 
 
 def backend_for(kind: str, settings: Mapping[str, Any]) -> Backend:
@@ -23,4 +23,8 @@ def backend_for(kind: str, settings: Mapping[str, Any]) -> Backend:
         from prefect_kubeflow.backends.local import LocalProcessBackend
 
         return LocalProcessBackend.from_settings(settings)
+    if kind == "ContainerBackendConfig":
+        from prefect_kubeflow.backends.container.backend import ContainerBackend
+
+        return ContainerBackend.from_settings(settings)
     raise InvalidInputError(f"backend config {kind!r} is not supported; use one of {SUPPORTED}")

@@ -28,7 +28,12 @@ BOOKKEEPING_NICENESS = 19
 
 
 def supervisor_command(name: str, kind: str, settings: dict[str, Any], api_url: str) -> list[str]:
-    """The argv that runs job `name` detached (no shell involved)."""
+    """The argv that runs job `name` detached (no shell involved).
+
+    Secret fields are left out: an argv is readable by every user of the machine, and the
+    supervisor never needs them (images are pulled before it starts).
+    """
+    settings = {k: v for k, v in settings.items() if not hasattr(v, "get_secret_value")}
     return [
         sys.executable,
         "-m",
@@ -69,7 +74,7 @@ def main(argv: Sequence[str]) -> int:
     os.nice(BOOKKEEPING_NICENESS)
 
     try:
-        _run_flow(name, settings, api_url)
+        _run_flow(name, kind, settings, api_url)
     except Exception:
         # Training must not die with the Prefect API: keep the job whole without its flow run.
         logger.exception("the trainjob flow could not run; watching the nodes without Prefect")
@@ -77,19 +82,21 @@ def main(argv: Sequence[str]) -> int:
         return 1
     # Returns at once when the flow saw every node end; otherwise keeps the gang together.
     codes = watch_all(backend, name)
+    if settings.get("auto_remove"):
+        backend.delete_job(name)  # ended and forwarded: nothing of it is kept
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
-def _run_flow(name: str, settings: dict[str, Any], api_url: str) -> None:
+def _run_flow(name: str, kind: str, settings: dict[str, Any], api_url: str) -> None:
     """Run the job's flow run against `api_url`, or the embedded server when it is empty."""
     from prefect_kubeflow.flows.server import ensure_server
 
     os.environ["PREFECT_API_URL"] = api_url or ensure_server()
-    from prefect_kubeflow.blocks import LocalProcessBackendConfig
+    from prefect_kubeflow.blocks import BACKEND_CONFIGS
     from prefect_kubeflow.flows.logs import drain
     from prefect_kubeflow.flows.trainjob import run_trainjob
 
-    run_trainjob(name, LocalProcessBackendConfig(**settings), return_state=True)
+    run_trainjob(name, BACKEND_CONFIGS[kind](**settings), return_state=True)
     drain(timeout=600)
 
 

@@ -18,12 +18,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import backend_for
-from prefect_kubeflow.blocks import LocalProcessBackendConfig
+from prefect_kubeflow.blocks import BackendConfig
 from prefect_kubeflow.errors import JobFailedError
 from prefect_kubeflow.flows.gang import cancel_requested, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 
-BackendConfig = LocalProcessBackendConfig
 MAX_NODES = 256
 
 

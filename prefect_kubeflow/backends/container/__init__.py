@@ -1,0 +1,1 @@
+"""The container backend (Docker and Podman)."""

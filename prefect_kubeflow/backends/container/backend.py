@@ -1,0 +1,539 @@
+"""Container backend: each node is a container running torchrun, on a network of its own job.
+
+A job is a network ``<job>-net`` and containers ``<job>-node-<i>``, labelled with the job, the
+node and what `get_job` shows, so any process finds the same jobs through the engine. The
+job's host folder (mounted at ``/pk-job``) carries the shipped function and each node's log,
+which the node's keeper (``prefect_kubeflow.backends.node``, mounted read-only with the rest
+of the package) writes in the same format as on the local backend: one log reader, one
+forwarder. Node ``i`` has node rank ``i``; all nodes rendezvous on node 0 by its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.types import DeviceRequest
+from platformdirs import user_data_dir
+
+import prefect_kubeflow
+from prefect_kubeflow import __version__, constants
+from prefect_kubeflow.backends import processes
+from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.container.engine import (
+    Engine,
+    connect,
+    engine_errors,
+    is_not_found,
+)
+from prefect_kubeflow.backends.jobfiles import (
+    node_exit_file,
+    node_failure,
+    node_log,
+    read_flow_run,
+    write_flow_run,
+    write_function,
+)
+from prefect_kubeflow.backends.logfile import LogLine, read_node_log
+from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node, torchrun_argv
+from prefect_kubeflow.errors import (
+    BackendError,
+    ImageUnavailableError,
+    InvalidInputError,
+    JobNotFoundError,
+)
+from prefect_kubeflow.files import write_json_atomic
+from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob, quantity
+
+# Labels: Kubeflow's names where Kubeflow has one.
+JOB_LABEL = "trainer.kubeflow.org/trainjob-name"
+STEP_LABEL = "trainer.kubeflow.org/step"
+RUNTIME_LABEL = "trainer.kubeflow.org/runtime-name"
+PREFIX = "prefect-kubeflow.io/"
+BACKEND_LABEL = PREFIX + "backend-version"
+NODE_LABEL = PREFIX + "node-index"
+SPEC_LABEL = PREFIX + "job"  # JSON: what get_job shows that the engine does not know
+
+JOB_MOUNT = PurePosixPath("/pk-job")
+PACKAGE_MOUNT = PurePosixPath("/opt/prefect-kubeflow")
+PYTHON = "python3"
+MASTER_PORT = 29500
+# A node whose container has exited gets this long for its keeper's exit file to appear.
+EXIT_FILE_GRACE_SECONDS = 5.0
+_STATE_POLL_SECONDS = 1.0
+
+
+class ContainerBackend:
+    """Runs each node as a container; the engine's labels are the job records."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.jobs_dir = Path(
+            settings.get("jobs_dir") or Path(user_data_dir(constants.APP_NAME)) / "container-jobs"
+        )
+        self.grace_period = float(settings.get("stop_grace_period_seconds", 10.0))
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ContainerBackend:
+        """Build from `ContainerBackendConfig`'s fields; the engine is reached on first use."""
+        return cls(settings)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, connected once."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = connect(
+                    self.settings.get("container_runtime"), self.settings.get("container_host")
+                )
+            return self._engine
+
+    # -- creating ----------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
+        """Create and start the job's network and containers, then its supervisor.
+
+        Nothing is left behind when this raises.
+        """
+        if spec.packages_to_install:
+            raise InvalidInputError(
+                "packages_to_install is not supported by the container backend yet; "
+                "install the packages into the image instead"
+            )
+        engine = self.engine
+        image = self.settings.get("image") or spec.runtime.trainer.image
+        self._ensure_image(engine, image)
+        nproc, device = resolve_nproc_per_node(spec.num_proc_per_node, spec.resources_per_node, 0)
+        host_config = self._host_config(spec.resources_per_node, engine.name)
+        job_dir = self.jobs_dir / spec.name
+        job_dir.mkdir(parents=True)
+        record = {
+            "created": datetime.now(timezone.utc).isoformat(),
+            "num_nodes": spec.num_nodes,
+            "nproc_per_node": nproc,
+            "device": device,
+            "framework": spec.runtime.trainer.framework,
+            "image": image,
+            "runtime_origin": spec.runtime.origin,
+        }
+        labels = {
+            JOB_LABEL: spec.name,
+            RUNTIME_LABEL: spec.runtime.name,
+            BACKEND_LABEL: __version__,
+            SPEC_LABEL: json.dumps(record),
+        }
+        env = {**self.settings.get("env", {}), **spec.env}
+        env.update(PYTHONPATH=str(PACKAGE_MOUNT), PYTHONUNBUFFERED="1")
+        job_id = uuid.uuid4().hex
+        try:
+            write_function(job_dir, spec)
+            with engine_errors(f"creating network {spec.name}-net"):
+                engine.client.networks.create(
+                    f"{spec.name}-net",
+                    driver=self.settings.get("network_driver") or "bridge",
+                    labels=labels,
+                )
+            containers = [
+                self._create_node(engine, spec, i, image, nproc, job_id, labels, env, host_config)
+                for i in range(spec.num_nodes)
+            ]
+            with ThreadPoolExecutor(max_workers=len(containers)) as pool:
+                for future in [pool.submit(self._start, c) for c in containers]:
+                    future.result()
+            owner: dict[str, Any] = {"pid": None, "start": None}
+            if supervisor is not None:
+                with open(job_dir / "supervisor.log", "wb") as log:
+                    child = subprocess.Popen(
+                        list(supervisor),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                owner = {"pid": child.pid, "start": processes.start_time(child.pid)}
+            write_json_atomic(job_dir / "owner.json", owner)
+        except BaseException:
+            self._remove(spec.name)
+            raise
+
+    def _ensure_image(self, engine: Engine, image: str) -> None:
+        """Make `image` present as `pull_policy` says, before anything is created."""
+        if not image:
+            raise ImageUnavailableError(
+                "no image: the runtime names none; set ContainerBackendConfig.image"
+            )
+        policy = self.settings.get("pull_policy") or "IfNotPresent"
+        present = True
+        with engine_errors(f"inspecting image {image}"):
+            try:
+                engine.client.images.get(image)
+            except ImageNotFound:
+                present = False
+        if present and policy != "Always":
+            return
+        if policy == "Never":
+            raise ImageUnavailableError(
+                f"image {image!r} is not present in {engine.name} and pull_policy is Never; "
+                f"build or load it (`{engine.name} build`/`{engine.name} load`), "
+                "or allow pulling with pull_policy IfNotPresent"
+            )
+        auth = None
+        if self.settings.get("registry_username"):
+            password = self.settings.get("registry_password")
+            secret = getattr(password, "get_secret_value", lambda: password)()
+            auth = {"username": self.settings["registry_username"], "password": secret}
+        try:
+            engine.client.images.pull(image, auth_config=auth)
+        except (APIError, DockerException) as exc:
+            reason = getattr(exc, "explanation", None) or str(exc)
+            raise ImageUnavailableError(
+                f"image {image!r} could not be pulled ({reason}); check the name and the "
+                f"registry's credentials, or build or load it into {engine.name} "
+                "(e.g. scripts/build-test-image.sh) and set pull_policy IfNotPresent"
+            ) from None
+
+    def _host_config(self, resources: Mapping[str, Any], engine: str) -> dict[str, Any]:
+        """Container options from resources_per_node and the block's shm/volumes."""
+        options: dict[str, Any] = {}
+        if constants.CPU_LABEL in resources:
+            options["nano_cpus"] = int(quantity(resources[constants.CPU_LABEL]) * 1e9)
+        if constants.MEMORY_LABEL in resources:
+            options["mem_limit"] = int(quantity(resources[constants.MEMORY_LABEL]))
+        gpus = int(quantity(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+        if gpus and engine == "docker":
+            options["device_requests"] = [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+        elif gpus:  # Podman: CDI devices
+            options["devices"] = [f"nvidia.com/gpu={i}" for i in range(gpus)]
+        if self.settings.get("shm_size"):
+            options["shm_size"] = self.settings["shm_size"]
+        return options
+
+    def _create_node(
+        self,
+        engine: Engine,
+        spec: JobSpec,
+        index: int,
+        image: str,
+        nproc: int,
+        job_id: str,
+        labels: dict[str, str],
+        env: dict[str, str],
+        host_config: dict[str, Any],
+    ) -> Container:
+        name = f"{spec.name}-{constants.NODE}-{index}"
+        package = Path(prefect_kubeflow.__file__).parent
+        entrypoint = PACKAGE_MOUNT / "prefect_kubeflow" / "backends" / "entrypoint.py"
+        # The keeper is the container's PID 1: it handles SIGTERM (stop) itself, so no init
+        # binary is needed (Podman's would have to be installed).
+        command = [
+            PYTHON,
+            "-m",
+            "prefect_kubeflow.backends.node",
+            str(JOB_MOUNT / node_log(Path(), index)),
+            str(JOB_MOUNT / node_exit_file(Path(), index)),
+            job_id,
+            "--",
+            *torchrun_argv(
+                PYTHON,
+                spec.num_nodes,
+                index,
+                nproc,
+                f"{spec.name}-{constants.NODE}-0",
+                MASTER_PORT,
+                Path(entrypoint),
+                Path(JOB_MOUNT),
+            ),
+        ]
+        volumes = {
+            str(self.jobs_dir / spec.name): {"bind": str(JOB_MOUNT), "mode": "rw"},
+            str(package): {"bind": str(PACKAGE_MOUNT / "prefect_kubeflow"), "mode": "ro"},
+        }
+        binds = [f"{host}:{v['bind']}:{v['mode']}" for host, v in volumes.items()]
+        binds += list(self.settings.get("volumes") or [])
+        with engine_errors(f"creating container {name}"):
+            return engine.client.containers.create(
+                image,
+                command=command,
+                name=name,
+                hostname=name,
+                labels={**labels, STEP_LABEL: f"{constants.NODE}-{index}", NODE_LABEL: str(index)},
+                environment=env,
+                volumes=binds,
+                network=f"{spec.name}-net",
+                working_dir=str(JOB_MOUNT),
+                **host_config,
+            )
+
+    def _start(self, container: Container) -> None:
+        with engine_errors(f"starting container {container.name}"):
+            container.start()
+
+    def start_job(self, name: str) -> None:
+        """Start containers not started yet (create_job starts them; this is for safety)."""
+        for container in self._containers(name):
+            if container.status == "created":
+                self._start(container)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def wait_node(self, name: str, node_index: int) -> int:
+        """Wait for the node's container to exit and its log to be complete; its exit code."""
+        container = self._node(name, node_index)
+        try:
+            with engine_errors(f"waiting for {container.name}"):
+                code = int(container.wait()["StatusCode"])
+        except BackendError:
+            # Removed under us (deleted job): read what the engine last said, else failed.
+            return self._exit_code(name, node_index)
+        exit_file = node_exit_file(self.jobs_dir / name, node_index)
+        deadline = time.monotonic() + EXIT_FILE_GRACE_SECONDS
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the keeper writes it after the log is complete
+        return code
+
+    def _exit_code(self, name: str, node_index: int) -> int:
+        try:
+            container = self._node(name, node_index)
+            container.reload()
+            return int(container.attrs["State"]["ExitCode"])
+        except (JobNotFoundError, DockerException):
+            return 1
+
+    def stop_job(self, name: str) -> None:
+        """Stop every running container of the job now (SIGTERM, then SIGKILL after grace)."""
+        running = [c for c in self._containers(name) if c.status in ("running", "created")]
+        with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
+            list(pool.map(self._stop, running))
+
+    def _stop(self, container: Container) -> None:
+        try:
+            container.stop(timeout=int(self.grace_period))
+        except DockerException as exc:
+            if not is_not_found(exc):
+                raise
+
+    # -- flow runs ---------------------------------------------------------------------------
+
+    def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
+        """Remember the flow run that runs the job; `closed` once its run is over."""
+        write_flow_run(self._job_dir(name), flow_run_id, closed)
+
+    def flow_run_id(self, name: str) -> str | None:
+        """The flow run that runs the job, once it started."""
+        flow_run = read_flow_run(self._job_dir(name))
+        return flow_run["id"] if flow_run else None
+
+    def lost_flow_run_id(self, name: str) -> str | None:
+        """The flow run of a job whose supervising process died before closing it."""
+        job_dir = self._job_dir(name)
+        flow_run = read_flow_run(job_dir)
+        if flow_run is None or flow_run["closed"] or self._supervisor_alive(job_dir):
+            return None
+        return str(flow_run["id"])
+
+    def _supervisor_alive(self, job_dir: Path) -> bool:
+        try:
+            owner = json.loads((job_dir / "owner.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return owner["pid"] is not None and processes.is_alive(owner["pid"], owner["start"])
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _containers(self, name: str) -> list[Container]:
+        with engine_errors(f"listing the containers of {name}"):
+            return self.engine.client.containers.list(
+                all=True, filters={"label": [f"{JOB_LABEL}={name}", BACKEND_LABEL]}
+            )
+
+    def _node(self, name: str, node_index: int) -> Container:
+        for container in self._containers(name):
+            if container.labels.get(NODE_LABEL) == str(node_index):
+                return container
+        raise JobNotFoundError(name, self._names())
+
+    def _job_dir(self, name: str) -> Path:
+        path = self.jobs_dir / name
+        if "/" in name or name in ("", ".", "..") or not path.is_dir():
+            raise JobNotFoundError(name, self._names())
+        return path
+
+    def _names(self) -> list[str]:
+        try:
+            containers = self.engine.client.containers.list(
+                all=True, filters={"label": [BACKEND_LABEL]}
+            )
+        except DockerException:
+            return []
+        return sorted({c.labels[JOB_LABEL] for c in containers})
+
+    def get_job(self, name: str) -> TrainJob:
+        """The job as its containers show it now."""
+        containers = self._containers(name)
+        if not containers:
+            raise JobNotFoundError(name, self._names())
+        return self._to_trainjob(name, containers)
+
+    def list_jobs(self) -> list[TrainJob]:
+        """Every job on the engine, oldest first."""
+        with engine_errors("listing containers"):
+            containers = self.engine.client.containers.list(
+                all=True, filters={"label": [BACKEND_LABEL]}
+            )
+        by_job: dict[str, list[Container]] = {}
+        for container in containers:
+            by_job.setdefault(container.labels[JOB_LABEL], []).append(container)
+        jobs = [self._to_trainjob(name, group) for name, group in by_job.items()]
+        return sorted(jobs, key=lambda job: job.creation_timestamp)
+
+    def _to_trainjob(self, name: str, containers: list[Container]) -> TrainJob:
+        labels = containers[0].labels
+        record = json.loads(labels[SPEC_LABEL])
+        by_index = {int(c.labels[NODE_LABEL]): c for c in containers}
+        steps, failed = [], []
+        for index in range(record["num_nodes"]):
+            container = by_index.get(index)
+            state = container.attrs["State"] if container is not None else None
+            if state is None:
+                status = constants.STEP_FAILED
+                failed.append((index, "", 1))
+            elif state["Status"] in ("exited", "dead"):
+                code = int(state["ExitCode"])
+                status = constants.STEP_SUCCEEDED if code == 0 else constants.STEP_FAILED
+                if code != 0:
+                    failed.append((index, state.get("FinishedAt", ""), code))
+            elif state["Status"] == "created":
+                status = constants.STEP_PENDING
+            else:
+                status = constants.STEP_RUNNING
+            steps.append(
+                Step(
+                    name=f"{constants.NODE}-{index}",
+                    status=status,
+                    pod_name=f"{name}-{constants.NODE}-{index}",
+                    device=record["device"],
+                    device_count=str(record["nproc_per_node"]),
+                )
+            )
+        statuses = {step.status for step in steps}
+        message = None
+        if failed:
+            job_status = constants.TRAINJOB_FAILED
+            index, _, code = min(failed, key=lambda f: f[1])
+            if by_index.get(index) is None:
+                message = f"{constants.NODE}-{index}: its container is gone"
+            else:
+                message = node_failure(self.jobs_dir / name, index, code, record["nproc_per_node"])
+        elif statuses == {constants.STEP_SUCCEEDED}:
+            job_status = constants.TRAINJOB_COMPLETE
+        elif constants.STEP_RUNNING in statuses:
+            job_status = constants.TRAINJOB_RUNNING
+        else:
+            job_status = constants.TRAINJOB_CREATED
+        trainer = RuntimeTrainer(
+            trainer_type=TrainerType.CUSTOM_TRAINER,
+            framework=record["framework"],
+            image=record["image"],
+            num_nodes=record["num_nodes"],
+            device=record["device"],
+            device_count=str(record["nproc_per_node"]),
+        )
+        return TrainJob(
+            name=name,
+            runtime=Runtime(
+                name=labels[RUNTIME_LABEL], trainer=trainer, origin=record["runtime_origin"]
+            ),
+            steps=steps,
+            num_nodes=record["num_nodes"],
+            creation_timestamp=datetime.fromisoformat(record["created"]),
+            status=job_status,
+            message=message,
+        )
+
+    def node_logs(
+        self, name: str, node_index: int, follow: bool, tail_lines: int | None
+    ) -> Iterator[LogLine]:
+        """One node's lines from its log file; with `follow`, until its container has ended."""
+        job_dir = self._job_dir(name)
+        return read_node_log(
+            node_log(job_dir, node_index), follow, self._ended(name, node_index), tail_lines
+        )
+
+    def _ended(self, name: str, node_index: int) -> Callable[[], bool]:
+        """Whether the node has ended: its exit file, else the engine (asked once a second)."""
+        exit_file = node_exit_file(self.jobs_dir / name, node_index)
+        asked = [0.0]
+
+        def ended() -> bool:
+            if exit_file.exists():
+                return True
+            if time.monotonic() - asked[0] < _STATE_POLL_SECONDS:
+                return False
+            asked[0] = time.monotonic()
+            try:
+                container = self._node(name, node_index)
+            except (JobNotFoundError, BackendError):
+                return True
+            return container.status in ("exited", "dead")
+
+        return ended
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def delete_job(self, name: str) -> None:
+        """Stop the supervisor and the containers; remove containers, network and folder."""
+        containers = self._containers(name)
+        job_dir = self.jobs_dir / name
+        if not containers and not job_dir.is_dir():
+            raise JobNotFoundError(name, self._names())
+        owner_file = job_dir / "owner.json"
+        owner = json.loads(owner_file.read_text()) if owner_file.exists() else {"pid": None}
+        running = any(c.status in ("running", "created") for c in containers)
+        if running and owner["pid"] and processes.is_alive(owner["pid"], owner["start"]):
+            # The supervisor stops the nodes and closes its flow run as Cancelled.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(owner["pid"], processes.CANCEL_SIGNAL)
+            deadline = time.monotonic() + self.grace_period + 5
+            while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if processes.is_alive(owner["pid"], owner["start"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(owner["pid"], signal.SIGKILL)
+        self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        """Remove every container, the network and the folder of the job; whatever exists."""
+        engine = self.engine
+        with engine_errors(f"removing the containers of {name}"):
+            containers = engine.client.containers.list(
+                all=True, filters={"label": [f"{JOB_LABEL}={name}"]}
+            )
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except (NotFound, APIError) as exc:
+                if not is_not_found(exc):
+                    raise BackendError(f"removing {container.name}: {exc}") from None
+        for network in engine.client.networks.list(filters={"label": f"{JOB_LABEL}={name}"}):
+            try:
+                network.remove()
+            except (NotFound, APIError) as exc:
+                if not is_not_found(exc):
+                    raise BackendError(f"removing network {network.name}: {exc}") from None
+        shutil.rmtree(self.jobs_dir / name, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""The container backend's configuration block."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, HttpUrl, SecretStr
+
+from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
+
+
+class ContainerBackendConfig(Block):
+    """Run TrainJobs in Docker or Podman containers on this machine: one network per job and
+    one container per node, each running torchrun.
+
+    Jobs are found through the engine by their labels, so any process sees the same jobs. The
+    image comes from `image`, else from the runtime.
+
+    Example:
+        Load a saved configuration and train with it:
+        ```python
+        from prefect_kubeflow import ContainerBackendConfig, TrainerClient
+
+        config = ContainerBackendConfig.load("BLOCK_NAME")
+        client = TrainerClient(backend_config=config)
+        ```
+    """
+
+    _block_type_name = "Kubeflow Container Backend"
+    _block_type_slug = "kubeflow-container-backend"
+    _description = "Runs Kubeflow TrainJobs in Docker or Podman containers, one per node."
+    _documentation_url = HttpUrl(
+        "https://github.com/prefect-kubeflow/prefect-kubeflow#container-backend"
+    )
+    _logo_url = HttpUrl("https://avatars.githubusercontent.com/u/33164907")
+
+    container_runtime: Literal["docker", "podman"] | None = Field(
+        default=None,
+        description="The container engine; None picks Docker if it answers, else Podman.",
+    )
+    container_host: str | None = Field(
+        default=None,
+        description=(
+            "The engine's API socket URL; defaults to DOCKER_HOST or /var/run/docker.sock for "
+            "Docker, and /run/podman/podman.sock (root) or "
+            "$XDG_RUNTIME_DIR/podman/podman.sock (rootless) for Podman."
+        ),
+        examples=["unix:///run/user/1000/podman/podman.sock"],
+    )
+    image: str | None = Field(
+        default=None,
+        description="Image of every node, instead of the runtime's image.",
+        examples=["registry.example.com/team/pytorch:2.7"],
+    )
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent",
+        description="When the image is pulled: if it is not present, always, or never.",
+    )
+    auto_remove: bool = Field(
+        default=False,
+        description=(
+            "Whether a job's containers, network and folder are removed as soon as it has "
+            "ended and its logs are forwarded (it then no longer lists)."
+        ),
+    )
+    runtime_source: TrainingRuntimeSource | None = Field(
+        default=None,
+        description="Where runtimes come from besides the built-in ones.",
+    )
+    registry_username: str | None = Field(
+        default=None, description="User name for pulling the image from its registry."
+    )
+    registry_password: SecretStr | None = Field(
+        default=None, description="Password or token for pulling the image from its registry."
+    )
+    volumes: list[str] = Field(
+        default_factory=list,
+        description="Extra bind mounts of every node, as host_path:container_path[:ro].",
+        examples=[["/data/imagenet:/data:ro"]],
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every node (the trainer's env overrides it).",
+    )
+    network_driver: str = Field(
+        default="bridge", description="Driver of the network each job gets."
+    )
+    shm_size: str | None = Field(
+        default=None,
+        description="Size of /dev/shm of every node (PyTorch data loaders use it).",
+        examples=["2g"],
+    )
+    jobs_dir: str | None = Field(
+        default=None,
+        description=(
+            "Host folder of one subfolder per job (the shipped function, node logs), mounted "
+            "into its containers; defaults to the user's data folder."
+        ),
+    )
+    stop_grace_period_seconds: float = Field(
+        default=10.0, ge=0, description="Seconds a node gets to exit after SIGTERM."
+    )
