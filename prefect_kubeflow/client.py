@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from prefect.context import FlowRunContext
@@ -98,10 +99,13 @@ class TrainerClient:
         elif isinstance(runtime, str):
             spec = self.runtimes.get(runtime)
         elif isinstance(runtime, Runtime):
-            known = self.runtimes.load().specs.get(runtime.name)
-            # A Runtime built in code that no source defines: as given, with the framework's
-            # default image if it names none.
-            spec = known or RuntimeSpec(self.runtimes.runtime_default_image(runtime))
+            # The Runtime as given (its trainer fields win); what only a runtime document
+            # holds (processes per node, env, resources) from the catalog's runtime of that
+            # name. A Runtime no source defines gets its framework's default image.
+            listing = self.runtimes.load()
+            known = listing.specs.get(runtime.name)
+            given = self.runtimes.runtime_default_image(runtime)
+            spec = replace(known, runtime=given) if known else RuntimeSpec(given)
         else:
             raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
         if spec.runtime.trainer.trainer_type is not TrainerType.CUSTOM_TRAINER:
@@ -156,7 +160,7 @@ class TrainerClient:
         resources = dict(trainer.resources_per_node or runtime_spec.resources)
         overrides_nproc = bool(
             trainer.resources_per_node
-            and {"cpu", "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
+            and {constants.CPU_LABEL, "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
         )
         spec = JobSpec(
             name=_job_name(),

@@ -10,7 +10,7 @@ import inspect
 import json
 import re
 import types as pytypes
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -60,6 +60,31 @@ def quantity(value: int | float | str) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+_MEMORY_UNITS = {
+    **{suffix: 1024**power for power, suffix in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi"))},
+    **{suffix: 1000**power for power, suffix in enumerate(("", "k", "M", "G", "T", "P"))},
+}
+
+
+def memory_bytes(value: int | str) -> int:
+    """A Kubernetes memory quantity in bytes: ``1073741824``, ``"4Gi"``, ``"512M"``.
+
+    Raises `ValueError` for anything else.
+    """
+    text = str(value).strip()
+    number = text.rstrip("KkMGTPi")
+    unit = text[len(number) :]
+    if unit not in _MEMORY_UNITS or not number:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    return int(float(number) * _MEMORY_UNITS[unit])
+
+
+def gpu_count(resources: Mapping[str, Any]) -> int:
+    """The GPUs asked for in `resources` (``gpu`` or ``nvidia.com/gpu``)."""
+    value = resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0
+    return int(quantity(value))
+
+
 def _check_resources(resources: Any) -> None:
     if resources is None:
         return
@@ -72,10 +97,14 @@ def _check_resources(resources: Any) -> None:
                 f"{', '.join(sorted(constants.RESOURCE_KEYS))}"
             )
         if key == constants.MEMORY_LABEL:
-            if not isinstance(value, (str, int)) or isinstance(value, bool):
+            try:
+                if isinstance(value, bool) or memory_bytes(value) < 0:
+                    raise ValueError(value)
+            except ValueError:
                 raise InvalidInputError(
-                    f"resources_per_node['memory'] must be like '4Gi' or bytes, got {value!r}"
-                )
+                    f"resources_per_node['memory'] must be like '4Gi', '512M' or bytes, "
+                    f"got {value!r}"
+                ) from None
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise InvalidInputError(f"resources_per_node[{key!r}] must be a number, got {value!r}")

@@ -176,6 +176,7 @@ def test_a_redirect_off_https_is_refused(tmp_path, clock):
     assert isinstance(error, RuntimeFetchError) and error.source == source
     assert f"redirected off HTTPS to {plain.url}/r.yaml" in error.reason
     assert "downgraded" not in listing.specs
+    assert plain.requests == []  # refused before it was asked
 
 
 # -- GitHub ---------------------------------------------------------------------------------------
@@ -358,7 +359,7 @@ BAD_DOCUMENTS = {
             f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n".encode()
             for i in range(8)
         ),
-        "aliases expand to more than 100000 YAML nodes",
+        "expands to more than 100000 YAML nodes (an alias bomb?)",
     ),
     "big.yaml": (b"# " + b"x" * (1024 * 1024) + b"\n", "over the limit of 1048576 bytes"),
     "bad-nproc.yaml": (
@@ -371,6 +372,11 @@ BAD_DOCUMENTS = {
     ),
     "bad-name.yaml": (runtime_yaml("Bad_Name").encode(), "field metadata.name"),
     "latin1.yaml": (b"kind: caf\xe9\n", "not UTF-8 text"),
+    "bad-date.yaml": (b"release: 2024-13-01\n", "malformed YAML: month must be in 1..12"),
+    "text-bomb.yaml": (
+        b"a: &s " + b"x" * 200_000 + b"\nb: [" + b", ".join([b"*s"] * 30) + b"]\n",
+        "its aliases expand to more than 4194304 bytes of text",
+    ),
 }
 
 
@@ -403,6 +409,9 @@ def test_bad_documents_over_https_and_on_disk(filename, tmp_path, clock):
         ("file://otherhost/x.yaml", InvalidRuntimeSourceError, "not host 'otherhost'"),
         ("/does/not/exist.yaml", RuntimeFetchError, "no such file or folder"),
         ("https://127.0.0.1:9/r.yaml", RuntimeFetchError, "cannot connect to 127.0.0.1:9"),
+        ("https://[::1/r.yaml", InvalidRuntimeSourceError, "not a valid URL"),
+        ("file://", InvalidRuntimeSourceError, "needs an absolute path"),
+        ("github://../x/y", InvalidRuntimeSourceError, "expected github://owner/repo"),
     ],
 )
 def test_bad_sources_are_typed_and_do_not_hide_the_next(
@@ -455,3 +464,75 @@ def test_not_found_names_the_sources_that_failed(tmp_path, clock):
             runtimes.get("team-runtime")
     assert "known: torch-distributed" in str(raised.value)
     assert "sources that failed to load: https://127.0.0.1:9/team.yaml" in str(raised.value)
+
+
+def test_a_file_that_fails_to_fetch_never_replaces_a_good_cached_copy(tmp_path, clock):
+    with file_server() as server:
+        server.files["/a.yaml"] = runtime_yaml("idx-a").encode()
+        server.files["/b.yaml"] = runtime_yaml("idx-b").encode()
+        server.files["/index.yaml"] = b"- a.yaml\n- b.yaml\n"
+        runtimes = catalog([f"{server.url}/index.yaml"], tmp_path, clock)
+        assert {"idx-a", "idx-b"} <= set(runtimes.load().specs)
+        clock.now += DAY + 1
+        server.files["/a.yaml"] = (503, b"busy")
+        listing = runtimes.load()
+        assert {"idx-a", "idx-b"} <= set(listing.specs)  # the cached copy, as a whole
+        [stale] = listing.errors
+        assert "serving the copy cached" in stale.reason and "HTTP 503" in stale.reason
+        server.files["/a.yaml"] = runtime_yaml("idx-a", image="new:1").encode()
+        clock.now += 60  # the partial result was not cached: the next call fetches again
+        assert runtimes.get("idx-a").runtime.trainer.image == "new:1"
+
+
+def test_github_limits_files_across_folders(tmp_path, clock, monkeypatch):
+    from prefect_kubeflow.runtimes import sources
+
+    monkeypatch.setattr(sources, "MAX_FILES", 3)
+    repo = {f"r/{d}/{f}.yaml": runtime_yaml(f"{d}-{f}").encode() for d in "xyz" for f in "ab"}
+    with github_server({("o", "many", "main"): repo}) as api:
+        listing = catalog(["github://o/many/r"], tmp_path, clock, github_api_url=api.url).load()
+    [error] = listing.errors
+    assert isinstance(error, RuntimeFetchError) and "more than 3 YAML files" in error.reason
+
+
+def test_the_token_never_travels_over_plain_http(tmp_path, clock):
+    with github_server(github_repos()) as api:
+        runtimes = catalog(
+            ["github://myorg/myrepo/ml/runtimes"],
+            tmp_path,
+            clock,
+            allow_http=False,
+            github_api_url=api.url,
+            github_token="ghp_s3cret",
+        )
+        listing = runtimes.load()
+    assert api.requests == []
+    [error] = listing.errors
+    assert isinstance(error, InvalidRuntimeSourceError) and "github_api_url" in error.reason
+    assert "ghp_s3cret" not in repr(runtimes.http)
+
+
+def test_a_missing_ca_bundle_is_a_typed_error(tmp_path, clock):
+    context, _ = self_signed_tls(tmp_path)
+    with file_server(tls=context) as server:
+        server.files["/r.yaml"] = runtime_yaml("x").encode()
+        listing = catalog(
+            [f"{server.url}/r.yaml"], tmp_path, clock, ca_bundle=str(tmp_path / "nope.pem")
+        ).load()
+    [error] = listing.errors
+    assert isinstance(error, RuntimeFetchError) and "nope.pem" in error.reason
+
+
+def test_a_cache_of_the_wrong_shape_is_a_miss_and_an_unwritable_one_a_warning(tmp_path, clock):
+    path = tmp_path / "r.yaml"
+    path.write_text(runtime_yaml("local"))
+    runtimes = catalog([str(path)], tmp_path, clock)
+    runtimes.load()
+    for entry in (tmp_path / "cache").glob("*.json"):
+        entry.write_text("null")
+    assert "local" in runtimes.load().specs
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    unwritable = RuntimeCatalog([str(path)], cache_dir=blocked / "cache", clock=clock)
+    with pytest.warns(RuntimeSourceWarning, match="cannot be written"):
+        assert "local" in unwritable.load().specs

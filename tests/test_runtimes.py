@@ -200,3 +200,15 @@ def test_a_subflow_with_a_token_bearing_source_keeps_the_token_out_of_the_api(co
         [run] = api.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [name]}))
         assert run.state is not None and run.state.is_completed()
         assert "ghp_never_in_argv" not in json.dumps(run.parameters, default=str)
+
+
+def test_a_runtime_object_keeps_its_own_fields(client):
+    runtime = client.get_runtime("team-ddp")
+    runtime.trainer.num_nodes = 1  # as a user may change it before train()
+    name = client.train(runtime=runtime, trainer=CustomTrainer(func=rank_env))
+    job = client.wait_for_job_status(name, timeout=180)
+    assert job.num_nodes == 1
+    # The document's numProcPerNode and env still apply.
+    assert rank_lines(client, name, "node-0") == [
+        f"rank={rank} local_world=2 PK_TEST_VAR=from-runtime" for rank in range(2)
+    ]

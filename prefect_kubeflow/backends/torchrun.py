@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import InvalidInputError
-from prefect_kubeflow.types import quantity
+from prefect_kubeflow.types import gpu_count, quantity
 
 # The script each torchrun worker runs: it loads the shipped function and calls it.
 ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
@@ -20,7 +20,7 @@ def resolve_nproc_per_node(
     """Processes per node and their device (``cpu``/``gpu``), as Kubeflow Trainer resolves
     ``numProcPerNode``: an int as is; ``auto``: the GPUs asked for in `resources`, else the CPUs
     asked for, else the visible GPUs, else 1; ``cpu``/``gpu``: that device's count."""
-    gpus = int(quantity(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+    gpus = gpu_count(resources)
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 1), "gpu" if gpus else "cpu"
     if value not in constants.NPROC_POLICIES:

@@ -10,13 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect_kubeflow.errors import RuntimeFetchError, RuntimeParseError, RuntimeSourceError
+from prefect_kubeflow.errors import (
+    InvalidRuntimeSourceError,
+    RuntimeFetchError,
+    RuntimeParseError,
+    RuntimeSourceError,
+)
 from prefect_kubeflow.files import write_json_atomic
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _ERROR_TYPES: dict[str, type[RuntimeSourceError]] = {
-    cls.__name__: cls for cls in (RuntimeFetchError, RuntimeParseError, RuntimeSourceError)
+    cls.__name__: cls
+    for cls in (InvalidRuntimeSourceError, RuntimeFetchError, RuntimeParseError, RuntimeSourceError)
 }
 
 
@@ -49,12 +55,9 @@ class RuntimeCache:
             return CacheEntry(
                 fetched_at=float(data["fetched_at"]),
                 specs=[RuntimeSpec.from_dict(spec) for spec in data["runtimes"]],
-                errors=[
-                    _ERROR_TYPES.get(kind, RuntimeSourceError)(source, reason)
-                    for kind, source, reason in data["errors"]
-                ],
+                errors=[_error(*entry) for entry in data["errors"]],
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # a missing or damaged entry is a miss; the next fetch rewrites it
 
     def is_fresh(self, entry: CacheEntry) -> bool:
@@ -62,13 +65,26 @@ class RuntimeCache:
         return 0 <= self.clock() - entry.fetched_at < self.ttl_seconds
 
     def put(self, key: str, specs: list[RuntimeSpec], errors: list[RuntimeSourceError]) -> None:
-        """Store a source's result, stamped with the clock's time."""
+        """Store a source's result, stamped with the clock's time.
+
+        Raises:
+            OSError: the cache folder cannot be written.
+        """
         data: dict[str, Any] = {
             "format": CACHE_FORMAT,
             "key": key,
             "fetched_at": self.clock(),
             "runtimes": [spec.to_dict() for spec in specs],
-            "errors": [[type(err).__name__, err.source, err.reason] for err in errors],
+            "errors": [
+                [type(err).__name__, err.source, err.reason, getattr(err, "status", None)]
+                for err in errors
+            ],
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self._path(key), data)
+
+
+def _error(kind: str, source: str, reason: str, status: int | None) -> RuntimeSourceError:
+    if kind == RuntimeFetchError.__name__:
+        return RuntimeFetchError(source, reason, status=status)
+    return _ERROR_TYPES.get(kind, RuntimeSourceError)(source, reason)

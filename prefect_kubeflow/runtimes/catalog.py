@@ -17,8 +17,13 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.errors import RuntimeNotFoundError, RuntimeSourceError, RuntimeSourceWarning
-from prefect_kubeflow.runtimes.cache import RuntimeCache
+from prefect_kubeflow.errors import (
+    RuntimeFetchError,
+    RuntimeNotFoundError,
+    RuntimeSourceError,
+    RuntimeSourceWarning,
+)
+from prefect_kubeflow.runtimes.cache import CacheEntry, RuntimeCache
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, parse_runtimes
 from prefect_kubeflow.runtimes.sources import HttpSettings, Source, parse_source
 from prefect_kubeflow.types import Runtime
@@ -89,6 +94,8 @@ class RuntimeCatalog:
                 specs, errors = self._read(source, refresh)
             except RuntimeSourceError as exc:
                 specs, errors = [], [exc]
+            except Exception as exc:  # a bad source must never hide the ones after it
+                specs, errors = [], [RuntimeSourceError(text, f"{type(exc).__name__}: {exc}")]
             listing.errors.extend(errors)
             for spec in specs:
                 listing.specs.setdefault(spec.runtime.name, self._with_default_image(spec))
@@ -145,14 +152,33 @@ class RuntimeCatalog:
         except RuntimeSourceError as exc:
             if cached is None or not source.remote:
                 raise
-            age_hours = (self.cache.clock() - cached.fetched_at) / 3600
-            stale = RuntimeSourceError(
-                source.text,
-                f"serving the copy cached {age_hours:.1f} h ago; fetching failed: {exc.reason}",
+            return cached.specs, [self._stale(source, cached, exc), *cached.errors]
+        fetch_failed = next((e for e in result.errors if isinstance(e, RuntimeFetchError)), None)
+        if fetch_failed is not None and source.remote:
+            # A file that could not be fetched now (503, rate limit) may come back: never
+            # replace a good copy with a partial one, nor keep a partial one for a whole TTL.
+            if cached is not None:
+                return cached.specs, [self._stale(source, cached, fetch_failed), *cached.errors]
+            return result.specs, result.errors
+        try:
+            self.cache.put(key, result.specs, result.errors)
+        except OSError as exc:
+            warnings.warn(
+                f"runtime cache {self.cache.folder} cannot be written ({exc}); "
+                "runtimes are fetched again on every call",
+                RuntimeSourceWarning,
+                stacklevel=4,
             )
-            return cached.specs, [stale, *cached.errors]
-        self.cache.put(key, result.specs, result.errors)
         return result.specs, result.errors
+
+    def _stale(
+        self, source: Source, cached: CacheEntry, exc: RuntimeSourceError
+    ) -> RuntimeSourceError:
+        age_hours = (self.cache.clock() - cached.fetched_at) / 3600
+        return RuntimeSourceError(
+            source.text,
+            f"serving the copy cached {age_hours:.1f} h ago; fetching failed: {exc}",
+        )
 
 
 def _warn(errors: Sequence[RuntimeSourceError]) -> None:

@@ -12,16 +12,17 @@ from pydantic import ValidationError
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import RuntimeParseError
 from prefect_kubeflow.runtimes.models import RUNTIME_KINDS, RuntimeDocument
-from prefect_kubeflow.types import Runtime, RuntimeTrainer, TrainerType
+from prefect_kubeflow.types import Runtime, RuntimeTrainer, TrainerType, gpu_count
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 # A runtime has a few hundred YAML nodes; aliases may not expand a file beyond this many
 # (a "billion laughs" file expands to 10^9 from a few hundred bytes).
 MAX_EXPANDED_NODES = 100_000
+# Aliases may not expand a file's text to more than this many times the document size limit.
+EXPANSION_FACTOR = 4
 MAX_NESTING = 64
 # Kubeflow marks runtimes whose node runs a built-in trainer (torchtune) by this command.
 BUILTIN_TRAINER_COMMAND = "tune"
-GPU_RESOURCE_KEYS = ("nvidia.com/gpu", "amd.com/gpu", "gpu")
 
 _COLLECTION_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _COLLECTION_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
@@ -110,10 +111,11 @@ def load_yaml(
         raise RuntimeParseError(
             origin, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
+    _check_expansion(text, origin, max_bytes)
     try:
-        _check_expansion(text, origin)
         return list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
+    # Constructors raise plain ValueError/TypeError: a date like 2024-13-01, "!!int x".
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         raise RuntimeParseError(origin, f"malformed YAML: {exc}") from None
 
 
@@ -144,38 +146,50 @@ def runtimes_from(
     return specs
 
 
-def _check_expansion(text: str, origin: str) -> None:
-    """Refuse YAML whose aliases expand past `MAX_EXPANDED_NODES` or that nests too deep,
+def _check_expansion(text: str, origin: str, max_bytes: int) -> None:
+    """Refuse YAML whose aliases expand past `MAX_EXPANDED_NODES` nodes or past
+    `EXPANSION_FACTOR` times `max_bytes` of scalar text, or that nests deeper than `MAX_NESTING`,
     counting from parser events before anything is built."""
-    anchors: dict[str, int] = {}
-    open_sizes: list[tuple[str | None, int]] = []  # (anchor, nodes so far) per open collection
-    total = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, _COLLECTION_STARTS):
-            open_sizes.append((event.anchor, 1))
-            if len(open_sizes) > MAX_NESTING:
-                raise RuntimeParseError(origin, f"nested deeper than {MAX_NESTING} levels")
-            continue
-        if isinstance(event, yaml.ScalarEvent):
-            anchor, size = event.anchor, 1
-        elif isinstance(event, yaml.AliasEvent):
-            anchor, size = None, anchors.get(event.anchor or "", 1)
-        elif isinstance(event, _COLLECTION_ENDS):
-            anchor, size = open_sizes.pop()
-        else:
-            continue
-        if anchor is not None:
-            anchors[anchor] = size
-        if open_sizes:
-            parent_anchor, parent_size = open_sizes[-1]
-            open_sizes[-1] = (parent_anchor, parent_size + size)
-        total += size if not open_sizes else 0
-        if total + sum(s for _, s in open_sizes) > MAX_EXPANDED_NODES:
-            raise RuntimeParseError(
-                origin,
-                f"its aliases expand to more than {MAX_EXPANDED_NODES} YAML nodes "
-                "(an alias bomb?); a runtime needs a few hundred",
-            )
+    max_scalar_bytes = EXPANSION_FACTOR * max_bytes
+    # Per anchor, and per open collection: (nodes, scalar characters) it expands to.
+    anchors: dict[str, tuple[int, int]] = {}
+    open_sizes: list[tuple[str | None, int, int]] = []
+    total_nodes = total_chars = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, _COLLECTION_STARTS):
+                open_sizes.append((event.anchor, 1, 0))
+                if len(open_sizes) > MAX_NESTING:
+                    raise RuntimeParseError(origin, f"nested deeper than {MAX_NESTING} levels")
+                continue
+            if isinstance(event, yaml.ScalarEvent):
+                anchor, nodes, chars = event.anchor, 1, len(event.value)
+            elif isinstance(event, yaml.AliasEvent):
+                anchor = None
+                nodes, chars = anchors.get(event.anchor or "", (1, 0))
+            elif isinstance(event, _COLLECTION_ENDS):
+                anchor, nodes, chars = open_sizes.pop()
+            else:
+                continue
+            if anchor is not None:
+                anchors[anchor] = (nodes, chars)
+            if open_sizes:
+                parent_anchor, parent_nodes, parent_chars = open_sizes[-1]
+                open_sizes[-1] = (parent_anchor, parent_nodes + nodes, parent_chars + chars)
+            else:
+                total_nodes, total_chars = total_nodes + nodes, total_chars + chars
+            if total_nodes + sum(n for _, n, _ in open_sizes) > MAX_EXPANDED_NODES:
+                raise RuntimeParseError(
+                    origin, f"expands to more than {MAX_EXPANDED_NODES} YAML nodes (an alias bomb?)"
+                )
+            if total_chars + sum(c for _, _, c in open_sizes) > max_scalar_bytes:
+                raise RuntimeParseError(
+                    origin,
+                    f"its aliases expand to more than {max_scalar_bytes} bytes of text "
+                    "(an alias bomb?)",
+                )
+    except yaml.YAMLError as exc:
+        raise RuntimeParseError(origin, f"malformed YAML: {exc}") from None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -183,10 +197,19 @@ def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     location = ".".join(str(part) for part in error["loc"])
     detail = error["msg"]
-    if error["type"] not in ("missing",) and "input" in error:
+    if error["type"] != "missing" and "input" in error and "got" not in detail:
         detail += f" (got {error['input']!r:.80})"
     more = f"; and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
     return f"field {location}: {detail}{more}"
+
+
+def _gpus(resources: dict[str, Any], origin: str) -> int:
+    try:
+        return gpu_count(resources)
+    except (TypeError, ValueError):
+        raise RuntimeParseError(
+            origin, f"the node's GPU resources are not a count: {resources!r:.120}"
+        ) from None
 
 
 def _to_spec(model: RuntimeDocument, origin: str) -> RuntimeSpec:
@@ -196,9 +219,8 @@ def _to_spec(model: RuntimeDocument, origin: str) -> RuntimeSpec:
     framework = model.metadata.labels.get(constants.RUNTIME_FRAMEWORK_LABEL) or (
         "torch" if policy.torch is not None else constants.UNKNOWN
     )
-    gpus = next((resources[key] for key in GPU_RESOURCE_KEYS if key in resources), None)
     device, device_count = constants.UNKNOWN, constants.UNKNOWN
-    if gpus is not None:
+    if gpus := _gpus(resources, origin):
         device, device_count = "gpu", str(gpus)
     elif constants.CPU_LABEL in resources:
         device, device_count = "cpu", str(resources[constants.CPU_LABEL])

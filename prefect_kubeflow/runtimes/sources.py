@@ -15,7 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
@@ -47,6 +47,7 @@ MAX_FOLDER_DEPTH = 8
 # path reads this folder if the repository has it, else the repository's root.
 GITHUB_DEFAULT_PATH = "manifests/base/runtimes"
 _GITHUB_AUTH_HINT = "a private repository, or the API rate limit? set github_token"
+MAX_REDIRECTS = 5
 _GITHUB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
@@ -67,7 +68,7 @@ class HttpSettings:
     allow_http: bool = False
     max_bytes: int = MAX_DOCUMENT_BYTES
     github_api_url: str = "https://api.github.com"
-    github_token: str | None = None
+    github_token: str | None = field(default=None, repr=False)
 
 
 class Source(ABC):
@@ -102,7 +103,11 @@ def parse_source(text: str, *, allow_http: bool = False) -> Source:
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidRuntimeSourceError(str(text), f"empty; use one of {ACCEPTED_FORMS}")
-    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise InvalidRuntimeSourceError(text, f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower() if "://" in text else ""
     if scheme == "github":
         return GitHubSource(text)
     if scheme == "https" or (scheme == "http" and allow_http):
@@ -112,12 +117,14 @@ def parse_source(text: str, *, allow_http: bool = False) -> Source:
             text, "http:// is refused (not encrypted); use https:// or set allow_http"
         )
     if scheme == "file":
-        parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
             raise InvalidRuntimeSourceError(
                 text, f"file:// URLs name a local path, not host {parts.netloc!r}"
             )
-        return PathSource(text, Path(unquote(parts.path)))
+        path = unquote(parts.path)
+        if not os.path.isabs(path):
+            raise InvalidRuntimeSourceError(text, "a file:// URL needs an absolute path")
+        return PathSource(text, Path(path))
     if scheme:
         raise InvalidRuntimeSourceError(text, f"unknown scheme {scheme!r}; use {ACCEPTED_FORMS}")
     if not os.path.isabs(text):
@@ -137,28 +144,32 @@ class PathSource(Source):
         self.path = path
 
     def files(self) -> list[Path]:
-        """The YAML files this source reads, in order.
+        """The YAML files this source reads, in order (a folder: at most `MAX_FILES`, at most
+        `MAX_FOLDER_DEPTH` levels down).
 
         Raises:
-            RuntimeFetchError: the path does not exist or cannot be read.
+            RuntimeFetchError: the path does not exist or cannot be read, or holds too many files.
         """
         try:
             if self.path.is_file():
                 return [self.path]
             if not self.path.is_dir():
                 raise RuntimeFetchError(self.text, f"no such file or folder: {self.path}")
-            found = sorted(
-                path
-                for path in self.path.rglob("*")
-                if path.suffix in YAML_SUFFIXES
-                and path.is_file()
-                and len(path.relative_to(self.path).parts) <= MAX_FOLDER_DEPTH
-            )
         except OSError as exc:
             raise RuntimeFetchError(self.text, f"cannot read {self.path}: {exc.strerror}") from None
-        if len(found) > MAX_FILES:
-            raise RuntimeFetchError(self.text, f"{len(found)} YAML files; at most {MAX_FILES}")
-        return found
+        found: list[Path] = []
+        base_depth = len(self.path.parts)
+        for folder, subfolders, names in os.walk(self.path, onerror=self._walk_error):
+            if len(Path(folder).parts) - base_depth >= MAX_FOLDER_DEPTH:
+                subfolders.clear()
+            subfolders.sort()
+            found.extend(Path(folder) / n for n in sorted(names) if n.endswith(YAML_SUFFIXES))
+            if len(found) > MAX_FILES:
+                raise RuntimeFetchError(self.text, f"more than {MAX_FILES} YAML files")
+        return sorted(found)
+
+    def _walk_error(self, exc: OSError) -> None:
+        raise RuntimeFetchError(self.text, f"cannot read {exc.filename}: {exc.strerror}")
 
     def cache_key(self, http: HttpSettings) -> str:
         """The files with their sizes and modification times: a change to any misses."""
@@ -174,6 +185,14 @@ class PathSource(Source):
         result = SourceResult()
         for path in self.files():
             try:
+                if path.stat().st_size > http.max_bytes:
+                    size = path.stat().st_size
+                    result.errors.append(
+                        RuntimeParseError(
+                            str(path), f"{size} bytes is over the limit of {http.max_bytes} bytes"
+                        )
+                    )
+                    continue
                 content = path.read_bytes()
             except OSError as exc:
                 result.errors.append(RuntimeFetchError(str(path), f"cannot read: {exc.strerror}"))
@@ -192,7 +211,7 @@ class UrlSource(Source):
 
     def read(self, http: HttpSettings) -> SourceResult:
         """Fetch the URL; when it is an index, fetch every file it lists."""
-        with _session(http) as session:
+        with _session() as session:
             content = _get(session, self.text, self.text, http)
             documents = load_yaml(content, self.text, max_bytes=http.max_bytes)
             urls = _index_entries(documents)
@@ -204,12 +223,16 @@ class UrlSource(Source):
                 )
             result = SourceResult()
             for entry in urls:
-                url = urljoin(self.text, entry)
+                url = entry
                 try:
+                    url = urljoin(self.text, entry)
                     _check_scheme(url, http)
                     file_content = _get(session, url, url, http)
                 except RuntimeSourceError as exc:
                     result.errors.append(exc)
+                    continue
+                except ValueError as exc:  # an entry urljoin cannot read as a URL
+                    result.errors.append(InvalidRuntimeSourceError(url, f"not a valid URL ({exc})"))
                     continue
                 _parse_into(result, file_content, url, max_bytes=http.max_bytes)
             return result
@@ -222,17 +245,16 @@ class GitHubSource(Source):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         rest = text.split("://", 1)[1]
-        rest, _, ref = rest.partition("@") if "@" in rest else (rest, "", "")
+        rest, at, ref = rest.rpartition("@") if "@" in rest else (rest, "", "")
         owner, _, rest = rest.partition("/")
         repo, _, path = rest.partition("/")
-        path = path.strip("/")
-        if not (_GITHUB_NAME.match(owner) and _GITHUB_NAME.match(repo)):
+        path = path.rstrip("/")
+        names_ok = all(_GITHUB_NAME.match(n) and n not in (".", "..") for n in (owner, repo))
+        if not names_ok:
             raise InvalidRuntimeSourceError(
                 text, "expected github://owner/repo[/path][@ref] with a valid owner and repository"
             )
-        if any(part in ("", ".", "..") for part in PurePosixPath(path).parts if path) or (
-            "@" in text and not ref
-        ):
+        if (path and any(p in ("", ".", "..") for p in path.split("/"))) or (at and not ref):
             raise InvalidRuntimeSourceError(text, "the path or @ref is malformed")
         self.owner, self.repo, self.path, self.ref = owner, repo, path, ref or None
 
@@ -242,29 +264,37 @@ class GitHubSource(Source):
 
     def read(self, http: HttpSettings) -> SourceResult:
         """List the path (recursively for a folder) and fetch each YAML file."""
-        with _session(http) as session:
+        # Before any request: the token must never travel unencrypted.
+        try:
+            _check_scheme(http.github_api_url, http)
+        except InvalidRuntimeSourceError as exc:
+            raise InvalidRuntimeSourceError(
+                self.text, f"github_api_url {http.github_api_url!r}: {exc.reason}"
+            ) from None
+        with _session() as session:
             session.headers["Accept"] = "application/vnd.github+json"
             session.headers["X-GitHub-Api-Version"] = "2022-11-28"
             if http.github_token:
                 session.headers["Authorization"] = f"Bearer {http.github_token}"
+            budget = _Budget(self.text)
             path = self.path
             if not path:
                 try:
-                    listing = self._contents(session, http, GITHUB_DEFAULT_PATH)
+                    listing = self._contents(session, http, GITHUB_DEFAULT_PATH, budget)
                     path = GITHUB_DEFAULT_PATH
                 except RuntimeFetchError as exc:
                     if exc.status != 404:
                         raise
-                    listing = self._contents(session, http, "")
+                    listing = self._contents(session, http, "", budget)
             else:
-                listing = self._contents(session, http, path)
+                listing = self._contents(session, http, path, budget)
             if isinstance(listing, dict):  # the path is a file
                 content = self._file_content(session, http, listing)
                 return SourceResult(
                     specs=parse_runtimes(content, self._origin(path), max_bytes=http.max_bytes)
                 )
             result = SourceResult()
-            for entry in self._walk(session, http, listing, depth=1):
+            for entry in self._walk(session, http, listing, 1, budget):
                 origin = self._origin(entry["path"])
                 try:
                     content = self._file_content(session, http, entry)
@@ -283,54 +313,93 @@ class GitHubSource(Source):
         base = http.github_api_url.rstrip("/")
         return f"{base}/repos/{self.owner}/{self.repo}/contents/{quote(path)}"
 
-    def _contents(self, session: requests.Session, http: HttpSettings, path: str) -> Any:
+    def _contents(
+        self, session: requests.Session, http: HttpSettings, path: str, budget: _Budget
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """A folder's entries, or a file's entry; entries without a str path/type dropped."""
+        budget.request()
         url = self._url(http, path)
         params = {"ref": self.ref} if self.ref else None
         content = _get(session, url, self.text, http, params=params, auth_hint=_GITHUB_AUTH_HINT)
         try:
             listing = json.loads(content)
         except ValueError:
-            raise RuntimeFetchError(self.text, f"{url} did not return JSON") from None
-        if not isinstance(listing, list | dict):
-            raise RuntimeFetchError(self.text, f"{url} returned an unexpected {type(listing)}")
-        return listing
+            raise RuntimeFetchError(self.text, f"{url} did not answer JSON") from None
+        if isinstance(listing, dict) and _is_entry(listing):
+            return listing
+        if isinstance(listing, list):
+            return [entry for entry in listing if _is_entry(entry)]
+        raise RuntimeFetchError(self.text, f"{url} answered no contents listing")
 
     def _walk(
-        self, session: requests.Session, http: HttpSettings, listing: list[Any], depth: int
+        self,
+        session: requests.Session,
+        http: HttpSettings,
+        listing: list[dict[str, Any]],
+        depth: int,
+        budget: _Budget,
     ) -> Iterator[dict[str, Any]]:
         """The YAML file entries of a folder listing, descending into subfolders."""
-        count = 0
-        for entry in sorted(listing, key=lambda e: str(e.get("path", ""))):
-            kind, path = entry.get("type"), str(entry.get("path", ""))
-            if kind == "file" and path.endswith(YAML_SUFFIXES):
-                count += 1
-                if count > MAX_FILES:
-                    raise RuntimeFetchError(self.text, f"more than {MAX_FILES} YAML files")
+        for entry in sorted(listing, key=lambda e: e["path"]):
+            if entry["type"] == "file" and entry["path"].endswith(YAML_SUFFIXES):
+                budget.file()
                 yield entry
-            elif kind == "dir" and depth < MAX_FOLDER_DEPTH:
-                yield from self._walk(session, http, self._contents(session, http, path), depth + 1)
+            elif entry["type"] == "dir" and depth < MAX_FOLDER_DEPTH:
+                sub = self._contents(session, http, entry["path"], budget)
+                if isinstance(sub, list):
+                    yield from self._walk(session, http, sub, depth + 1, budget)
 
     def _file_content(
         self, session: requests.Session, http: HttpSettings, entry: dict[str, Any]
     ) -> bytes:
-        origin = self._origin(str(entry.get("path", "")))
+        origin = self._origin(entry["path"])
         size = entry.get("size")
         if isinstance(size, int) and size > http.max_bytes:
             raise RuntimeParseError(
                 origin, f"{size} bytes is over the limit of {http.max_bytes} bytes"
             )
         if entry.get("encoding") == "base64" and isinstance(entry.get("content"), str):
-            return base64.b64decode(entry["content"])
+            try:
+                return base64.b64decode(entry["content"], validate=False)
+            except ValueError as exc:  # binascii.Error
+                raise RuntimeFetchError(origin, f"undecodable base64 content ({exc})") from None
         params = {"ref": self.ref} if self.ref else None
         return _get(
             session,
-            self._url(http, str(entry["path"])),
+            self._url(http, entry["path"]),
             origin,
             http,
             params=params,
             headers={"Accept": "application/vnd.github.raw+json"},
             auth_hint=_GITHUB_AUTH_HINT,
         )
+
+
+class _Budget:
+    """What one GitHub source may cost: `MAX_FILES` files, `MAX_LISTINGS` listing requests."""
+
+    MAX_LISTINGS = 100
+
+    def __init__(self, source: str) -> None:
+        self.source, self.files, self.listings = source, 0, 0
+
+    def file(self) -> None:
+        self.files += 1
+        if self.files > MAX_FILES:
+            raise RuntimeFetchError(self.source, f"more than {MAX_FILES} YAML files")
+
+    def request(self) -> None:
+        self.listings += 1
+        if self.listings > self.MAX_LISTINGS:
+            raise RuntimeFetchError(self.source, f"more than {self.MAX_LISTINGS} folders")
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and entry.get("type") in ("file", "dir", "symlink", "submodule")
+    )
 
 
 def _parse_into(result: SourceResult, content: bytes, origin: str, **options: Any) -> None:
@@ -356,11 +425,13 @@ def _index_entries(documents: list[Any]) -> list[str] | None:
 
 def _check_scheme(url: str, http: HttpSettings) -> None:
     scheme = urlsplit(url).scheme
-    if scheme != "https" and not (scheme == "http" and http.allow_http):
-        raise InvalidRuntimeSourceError(url, "only https:// URLs are fetched (allow_http is off)")
+    if scheme == "https" or (scheme == "http" and http.allow_http):
+        return
+    allowed = "https:// and http://" if http.allow_http else "https:// (allow_http is off)"
+    raise InvalidRuntimeSourceError(url, f"only {allowed} URLs are fetched")
 
 
-def _session(http: HttpSettings) -> requests.Session:
+def _session() -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = f"prefect-kubeflow/{__version__}"
     return session
@@ -376,40 +447,50 @@ def _get(
     headers: dict[str, str] | None = None,
     auth_hint: str | None = None,
 ) -> bytes:
-    """The body of `url`, at most `http.max_bytes` of it.
+    """The body of `url`, at most `http.max_bytes` of it. Redirects are followed here, each
+    target checked before it is requested; the token is dropped when the host changes.
 
     Raises:
         RuntimeFetchError: unreachable, certificate refused, redirected off HTTPS, HTTP error.
         RuntimeParseError: the body is over the size limit.
     """
+    request_headers = dict(headers or {})
+    for _ in range(MAX_REDIRECTS + 1):
+        response = _request(session, url, source, http, params, request_headers)
+        with response:
+            if not response.is_redirect:
+                return _body(response, url, source, http, auth_hint)
+            target = urljoin(url, response.headers.get("Location", ""))
+        try:
+            _check_scheme(target, http)
+        except InvalidRuntimeSourceError:
+            raise RuntimeFetchError(source, f"redirected off HTTPS to {target}") from None
+        if urlsplit(target).netloc != urlsplit(url).netloc:
+            request_headers["Authorization"] = None  # type: ignore[assignment]  # unsets it
+        url, params = target, None
+    raise RuntimeFetchError(source, f"more than {MAX_REDIRECTS} redirects")
+
+
+def _request(
+    session: requests.Session,
+    url: str,
+    source: str,
+    http: HttpSettings,
+    params: dict[str, str] | None,
+    headers: dict[str, str],
+) -> requests.Response:
     host = urlsplit(url).netloc
     try:
         # verify per request: a session's verify loses to REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE.
-        with session.get(
+        return session.get(
             url,
             params=params,
             headers=headers,
             timeout=http.timeout_seconds,
             stream=True,
             verify=http.ca_bundle or True,
-        ) as response:
-            for hop in [*response.history, response]:
-                _check_scheme(hop.url, http)
-            if response.status_code >= 400:
-                message = f"HTTP {response.status_code} {response.reason} from {response.url}"
-                if auth_hint and response.status_code in (401, 403, 429):
-                    message += f" ({auth_hint})"
-                raise RuntimeFetchError(source, message, status=response.status_code)
-            body = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > http.max_bytes:
-                    raise RuntimeParseError(
-                        source, f"{url} is over the limit of {http.max_bytes} bytes"
-                    )
-            return bytes(body)
-    except InvalidRuntimeSourceError as exc:
-        raise RuntimeFetchError(source, f"redirected off HTTPS to {exc.source}") from None
+            allow_redirects=False,
+        )
     except requests.exceptions.SSLError as exc:
         raise RuntimeFetchError(
             source,
@@ -424,6 +505,29 @@ def _get(
         raise RuntimeFetchError(source, f"cannot connect to {host} ({_root_cause(exc)})") from None
     except requests.exceptions.RequestException as exc:
         raise RuntimeFetchError(source, f"request to {url} failed: {_root_cause(exc)}") from None
+    except OSError as exc:  # e.g. a ca_bundle file that does not exist
+        raise RuntimeFetchError(source, f"request to {url} failed: {exc}") from None
+
+
+def _body(
+    response: requests.Response, url: str, source: str, http: HttpSettings, auth_hint: str | None
+) -> bytes:
+    if response.status_code >= 400:
+        message = f"HTTP {response.status_code} {response.reason} from {response.url}"
+        if auth_hint and response.status_code in (401, 403, 404, 429):
+            message += f" ({auth_hint})"
+        raise RuntimeFetchError(source, message, status=response.status_code)
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            body += chunk
+            if len(body) > http.max_bytes:
+                raise RuntimeParseError(
+                    source, f"{url} is over the limit of {http.max_bytes} bytes"
+                )
+    except requests.exceptions.RequestException as exc:
+        raise RuntimeFetchError(source, f"reading {url} failed: {_root_cause(exc)}") from None
+    return bytes(body)
 
 
 def _root_cause(exc: BaseException) -> str:

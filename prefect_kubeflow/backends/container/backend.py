@@ -57,7 +57,16 @@ from prefect_kubeflow.errors import (
     JobNotFoundError,
 )
 from prefect_kubeflow.files import write_json_atomic
-from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob, quantity
+from prefect_kubeflow.types import (
+    Runtime,
+    RuntimeTrainer,
+    Step,
+    TrainerType,
+    TrainJob,
+    gpu_count,
+    memory_bytes,
+    quantity,
+)
 
 # Labels: Kubeflow's names where Kubeflow has one.
 JOB_LABEL = "trainer.kubeflow.org/trainjob-name"
@@ -214,8 +223,8 @@ class ContainerBackend:
         if constants.CPU_LABEL in resources:
             options["nano_cpus"] = int(quantity(resources[constants.CPU_LABEL]) * 1e9)
         if constants.MEMORY_LABEL in resources:
-            options["mem_limit"] = int(quantity(resources[constants.MEMORY_LABEL]))
-        gpus = int(quantity(resources.get("gpu") or resources.get(constants.GPU_LABEL) or 0))
+            options["mem_limit"] = memory_bytes(resources[constants.MEMORY_LABEL])
+        gpus = gpu_count(resources)
         if gpus and engine == "docker":
             options["device_requests"] = [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
         elif gpus:  # Podman: CDI devices
