@@ -155,6 +155,7 @@ class ContainerBackend:
             with engine_errors(f"creating network {spec.name}-net"):
                 engine.client.networks.create(
                     f"{spec.name}-net",
+                    check_duplicate=True,  # Docker allows two networks of one name otherwise
                     driver=self.settings.get("network_driver") or "bridge",
                     labels=labels,
                 )
