@@ -14,6 +14,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from training_functions import ddp_all_reduce, fail_on_rank
 
 from prefect_kubeflow import (
+    ContainerBackendConfig,
     CustomTrainer,
     LocalProcessBackendConfig,
     TrainerClient,
@@ -71,6 +72,15 @@ class TestLocalProcessBackendConfigBlock(BlockStandardTestSuite):
         assert str(block._logo_url).startswith("https://")
 
 
+class TestContainerBackendConfigBlock(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return ContainerBackendConfig
+
+    def test_has_a_valid_image(self, block):
+        assert str(block._logo_url).startswith("https://")
+
+
 class TestTrainingRuntimeSourceBlock(BlockStandardTestSuite):
     @pytest.fixture
     def block(self):
@@ -97,5 +107,6 @@ def test_block_register_from_the_module():
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("Kubeflow Local Process Backend", "Kubeflow Training Runtime Source"):
+    blocks = ("Kubeflow Local Process Backend", "Kubeflow Container Backend")
+    for name in (*blocks, "Kubeflow Training Runtime Source"):
         assert name in result.stdout, result.stdout

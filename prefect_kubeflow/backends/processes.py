@@ -16,6 +16,9 @@ from pathlib import Path
 
 JOB_ID_ENV = "PREFECT_KUBEFLOW_JOB_ID"
 # What a job's supervising process takes as "cancel the job" (SIGTERM is Prefect's: Crashed).
+# Niceness of processes that only keep books (supervisors, the embedded Prefect server):
+# training comes first on a busy machine.
+BOOKKEEPING_NICENESS = 19
 CANCEL_SIGNAL = signal.SIGUSR1
 logger = logging.getLogger(__name__)
 
@@ -78,3 +81,14 @@ def kill_marked(job_id: str, grace_period: float) -> list[int]:
         while find_marked(job_id) and time.monotonic() < deadline:
             time.sleep(0.05)
     return pids
+
+
+def lower_priority(pid: int, whole_session: bool = False) -> None:
+    """Let process `pid` yield the CPU to training: niceness `BOOKKEEPING_NICENESS`, and with
+    `whole_session` the same for its session's autogroup. Linux ranks sessions against each
+    other by their autogroup's nice value, so a niced process alone in its session (setsid)
+    would otherwise still take an equal share of the CPU from the nodes."""
+    os.setpriority(os.PRIO_PROCESS, pid, BOOKKEEPING_NICENESS)
+    if whole_session:
+        with contextlib.suppress(OSError):  # no autogroup support: niceness alone
+            Path(f"/proc/{pid}/autogroup").write_text(str(BOOKKEEPING_NICENESS))

@@ -28,7 +28,6 @@ from prefect_kubeflow.errors import BackendError
 
 STATE_DIR = Path(user_cache_dir(APP_NAME)) / "server"
 STARTUP_TIMEOUT = 120.0
-NICENESS = 19
 
 
 def _healthy(url: str) -> bool:
@@ -83,7 +82,7 @@ def ensure_server(state_dir: Path = STATE_DIR, timeout: float = STARTUP_TIMEOUT)
                 start_new_session=True,
             )
         # A background service: training on the same machine comes first.
-        os.setpriority(os.PRIO_PROCESS, server.pid, NICENESS)
+        processes.lower_priority(server.pid, whole_session=True)
         deadline = time.monotonic() + timeout
         while not _healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:

@@ -24,7 +24,6 @@ from prefect_kubeflow.errors import BackendError
 from prefect_kubeflow.flows.gang import cancel_requested, watch_all
 
 logger = logging.getLogger("prefect_kubeflow.supervisor")
-BOOKKEEPING_NICENESS = 19
 
 
 def supervisor_command(name: str, kind: str, settings: dict[str, Any], api_url: str) -> list[str]:
@@ -71,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
         started = False
     # From here on this process only does bookkeeping (flow run, log uploads): on a busy
     # machine the training processes, started above at normal priority, come first.
-    os.nice(BOOKKEEPING_NICENESS)
+    os.nice(processes.BOOKKEEPING_NICENESS)
 
     try:
         _run_flow(name, kind, settings, api_url)

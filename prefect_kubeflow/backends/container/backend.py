@@ -21,11 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
 from docker.types import DeviceRequest
 from platformdirs import user_data_dir
@@ -83,7 +84,7 @@ PYTHON = "python3"
 MASTER_PORT = 29500
 # A node whose container has exited gets this long for its keeper's exit file to appear.
 EXIT_FILE_GRACE_SECONDS = 5.0
-_STATE_POLL_SECONDS = 1.0
+_STATE_POLL_SECONDS = 2.0
 
 
 class ContainerBackend:
@@ -159,22 +160,30 @@ class ContainerBackend:
                     driver=self.settings.get("network_driver") or "bridge",
                     labels=labels,
                 )
-            containers = [
-                self._create_node(engine, spec, i, image, nproc, job_id, labels, env, host_config)
-                for i in range(spec.num_nodes)
-            ]
-            with ThreadPoolExecutor(max_workers=len(containers)) as pool:
-                for future in [pool.submit(self._start, c) for c in containers]:
+
+            def create_and_start(index: int) -> None:
+                self._start(
+                    self._create_node(
+                        engine, spec, index, image, nproc, job_id, labels, env, host_config
+                    )
+                )
+
+            # Each node in its own thread: the engine's round trips overlap.
+            with ThreadPoolExecutor(max_workers=spec.num_nodes) as pool:
+                for future in [pool.submit(create_and_start, i) for i in range(spec.num_nodes)]:
                     future.result()
             owner: dict[str, Any] = {"pid": None, "start": None}
             if supervisor is not None:
                 with open(job_dir / "supervisor.log", "wb") as log:
+                    # Niced from its first instruction: the nodes are already starting and
+                    # need the CPU more than the supervisor's imports do.
                     child = subprocess.Popen(
                         list(supervisor),
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        preexec_fn=_lower_priority,
                     )
                 owner = {"pid": child.pid, "start": processes.start_time(child.pid)}
             write_json_atomic(job_dir / "owner.json", owner)
@@ -246,7 +255,7 @@ class ContainerBackend:
         env: dict[str, str],
         host_config: dict[str, Any],
     ) -> Container:
-        name = f"{spec.name}-{constants.NODE}-{index}"
+        name = _node_name(spec.name, index)
         package = Path(prefect_kubeflow.__file__).parent
         entrypoint = PACKAGE_MOUNT / "prefect_kubeflow" / "backends" / "entrypoint.py"
         # The keeper is the container's PID 1: it handles SIGTERM (stop) itself, so no init
@@ -296,44 +305,36 @@ class ContainerBackend:
 
     def start_job(self, name: str) -> None:
         """Start containers not started yet (create_job starts them; this is for safety)."""
-        for container in self._containers(name):
-            if container.status == "created":
-                self._start(container)
+        for node in self._nodes(name):
+            if node.state == "created":
+                with engine_errors(f"starting container {node.name}"):
+                    self.engine.client.api.start(node.id)
 
     # -- watching ----------------------------------------------------------------------------
 
     def wait_node(self, name: str, node_index: int) -> int:
         """Wait for the node's container to exit and its log to be complete; its exit code."""
-        container = self._node(name, node_index)
+        container = _node_name(name, node_index)
         try:
-            with engine_errors(f"waiting for {container.name}"):
-                code = int(container.wait()["StatusCode"])
+            with engine_errors(f"waiting for {container}"):
+                code = int(self.engine.client.api.wait(container)["StatusCode"])
         except BackendError:
-            # Removed under us (deleted job): read what the engine last said, else failed.
-            return self._exit_code(name, node_index)
+            return 1  # removed under us: the job is being deleted
         exit_file = node_exit_file(self.jobs_dir / name, node_index)
         deadline = time.monotonic() + EXIT_FILE_GRACE_SECONDS
         while not exit_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # the keeper writes it after the log is complete
         return code
 
-    def _exit_code(self, name: str, node_index: int) -> int:
-        try:
-            container = self._node(name, node_index)
-            container.reload()
-            return int(container.attrs["State"]["ExitCode"])
-        except (JobNotFoundError, DockerException):
-            return 1
-
     def stop_job(self, name: str) -> None:
         """Stop every running container of the job now (SIGTERM, then SIGKILL after grace)."""
-        running = [c for c in self._containers(name) if c.status in ("running", "created")]
+        running = [n for n in self._nodes(name) if n.state in ("running", "created")]
         with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
             list(pool.map(self._stop, running))
 
-    def _stop(self, container: Container) -> None:
+    def _stop(self, node: _Node) -> None:
         try:
-            container.stop(timeout=int(self.grace_period))
+            self.engine.client.api.stop(node.id, timeout=int(self.grace_period))
         except DockerException as exc:
             if not is_not_found(exc):
                 raise
@@ -366,17 +367,37 @@ class ContainerBackend:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _containers(self, name: str) -> list[Container]:
-        with engine_errors(f"listing the containers of {name}"):
-            return self.engine.client.containers.list(
-                all=True, filters={"label": [f"{JOB_LABEL}={name}", BACKEND_LABEL]}
+    def _nodes(self, name: str | None = None) -> list[_Node]:
+        """The node containers of job `name` (of every job without), from one list call;
+        only exited ones are inspected (for their exit code). Light on purpose: a full
+        inspect of every container, polled while nodes start, slows the engine's starts."""
+        labels = [BACKEND_LABEL] + ([f"{JOB_LABEL}={name}"] if name else [])
+        api = self.engine.client.api
+        with engine_errors("listing containers"):
+            rows = api.containers(all=True, filters={"label": labels})
+        nodes = []
+        for row in rows:
+            state = str(row.get("State") or "")
+            exit_code, finished = None, ""
+            if state in ("exited", "dead"):
+                try:
+                    details = api.inspect_container(row["Id"])["State"]
+                except DockerException as exc:
+                    if is_not_found(exc):
+                        continue  # removed while we listed
+                    raise
+                exit_code, finished = int(details["ExitCode"]), str(details["FinishedAt"])
+            nodes.append(
+                _Node(
+                    id=row["Id"],
+                    name=str((row.get("Names") or [""])[0]).lstrip("/"),
+                    labels=dict(row.get("Labels") or {}),
+                    state=state,
+                    exit_code=exit_code,
+                    finished_at=finished,
+                )
             )
-
-    def _node(self, name: str, node_index: int) -> Container:
-        for container in self._containers(name):
-            if container.labels.get(NODE_LABEL) == str(node_index):
-                return container
-        raise JobNotFoundError(name, self._names())
+        return nodes
 
     def _job_dir(self, name: str) -> Path:
         path = self.jobs_dir / name
@@ -386,49 +407,40 @@ class ContainerBackend:
 
     def _names(self) -> list[str]:
         try:
-            containers = self.engine.client.containers.list(
-                all=True, filters={"label": [BACKEND_LABEL]}
-            )
-        except DockerException:
+            return sorted({node.labels[JOB_LABEL] for node in self._nodes()})
+        except BackendError:
             return []
-        return sorted({c.labels[JOB_LABEL] for c in containers})
 
     def get_job(self, name: str) -> TrainJob:
         """The job as its containers show it now."""
-        containers = self._containers(name)
-        if not containers:
+        nodes = self._nodes(name)
+        if not nodes:
             raise JobNotFoundError(name, self._names())
-        return self._to_trainjob(name, containers)
+        return self._to_trainjob(name, nodes)
 
     def list_jobs(self) -> list[TrainJob]:
         """Every job on the engine, oldest first."""
-        with engine_errors("listing containers"):
-            containers = self.engine.client.containers.list(
-                all=True, filters={"label": [BACKEND_LABEL]}
-            )
-        by_job: dict[str, list[Container]] = {}
-        for container in containers:
-            by_job.setdefault(container.labels[JOB_LABEL], []).append(container)
-        jobs = [self._to_trainjob(name, group) for name, group in by_job.items()]
+        by_job: dict[str, list[_Node]] = {}
+        for node in self._nodes():
+            by_job.setdefault(node.labels[JOB_LABEL], []).append(node)
+        jobs = [self._to_trainjob(name, nodes) for name, nodes in by_job.items()]
         return sorted(jobs, key=lambda job: job.creation_timestamp)
 
-    def _to_trainjob(self, name: str, containers: list[Container]) -> TrainJob:
-        labels = containers[0].labels
+    def _to_trainjob(self, name: str, nodes: list[_Node]) -> TrainJob:
+        labels = nodes[0].labels
         record = json.loads(labels[SPEC_LABEL])
-        by_index = {int(c.labels[NODE_LABEL]): c for c in containers}
+        by_index = {int(node.labels[NODE_LABEL]): node for node in nodes}
         steps, failed = [], []
         for index in range(record["num_nodes"]):
-            container = by_index.get(index)
-            state = container.attrs["State"] if container is not None else None
-            if state is None:
+            node = by_index.get(index)
+            if node is None:
                 status = constants.STEP_FAILED
                 failed.append((index, "", 1))
-            elif state["Status"] in ("exited", "dead"):
-                code = int(state["ExitCode"])
-                status = constants.STEP_SUCCEEDED if code == 0 else constants.STEP_FAILED
-                if code != 0:
-                    failed.append((index, state.get("FinishedAt", ""), code))
-            elif state["Status"] == "created":
+            elif node.exit_code is not None:
+                status = constants.STEP_SUCCEEDED if node.exit_code == 0 else constants.STEP_FAILED
+                if node.exit_code != 0:
+                    failed.append((index, node.finished_at, node.exit_code))
+            elif node.state == "created":
                 status = constants.STEP_PENDING
             else:
                 status = constants.STEP_RUNNING
@@ -436,7 +448,7 @@ class ContainerBackend:
                 Step(
                     name=f"{constants.NODE}-{index}",
                     status=status,
-                    pod_name=f"{name}-{constants.NODE}-{index}",
+                    pod_name=_node_name(name, index),
                     device=record["device"],
                     device_count=str(record["nproc_per_node"]),
                 )
@@ -486,9 +498,10 @@ class ContainerBackend:
         )
 
     def _ended(self, name: str, node_index: int) -> Callable[[], bool]:
-        """Whether the node has ended: its exit file, else the engine (asked once a second)."""
+        """Whether the node has ended: its exit file (the keeper's), else, for a container
+        killed before its keeper could write it, the engine, asked every few seconds."""
         exit_file = node_exit_file(self.jobs_dir / name, node_index)
-        asked = [0.0]
+        asked = [time.monotonic()]
 
         def ended() -> bool:
             if exit_file.exists():
@@ -497,10 +510,10 @@ class ContainerBackend:
                 return False
             asked[0] = time.monotonic()
             try:
-                container = self._node(name, node_index)
-            except (JobNotFoundError, BackendError):
-                return True
-            return container.status in ("exited", "dead")
+                state = self.engine.client.api.inspect_container(_node_name(name, node_index))
+            except DockerException:
+                return True  # gone
+            return str(state["State"]["Status"]) in ("exited", "dead")
 
         return ended
 
@@ -508,13 +521,13 @@ class ContainerBackend:
 
     def delete_job(self, name: str) -> None:
         """Stop the supervisor and the containers; remove containers, network and folder."""
-        containers = self._containers(name)
+        nodes = self._nodes(name)
         job_dir = self.jobs_dir / name
-        if not containers and not job_dir.is_dir():
+        if not nodes and not job_dir.is_dir():
             raise JobNotFoundError(name, self._names())
         owner_file = job_dir / "owner.json"
         owner = json.loads(owner_file.read_text()) if owner_file.exists() else {"pid": None}
-        running = any(c.status in ("running", "created") for c in containers)
+        running = any(node.state in ("running", "created") for node in nodes)
         if running and owner["pid"] and processes.is_alive(owner["pid"], owner["start"]):
             # The supervisor stops the nodes and closes its flow run as Cancelled.
             with contextlib.suppress(ProcessLookupError):
@@ -529,21 +542,41 @@ class ContainerBackend:
 
     def _remove(self, name: str) -> None:
         """Remove every container, the network and the folder of the job; whatever exists."""
-        engine = self.engine
-        with engine_errors(f"removing the containers of {name}"):
-            containers = engine.client.containers.list(
-                all=True, filters={"label": [f"{JOB_LABEL}={name}"]}
-            )
+        api = self.engine.client.api
+        label = {"label": [f"{JOB_LABEL}={name}"]}
+        with engine_errors(f"listing what is left of {name}"):
+            containers = api.containers(all=True, filters=label)
+            networks = api.networks(filters=label)
         for container in containers:
             try:
-                container.remove(force=True)
-            except (NotFound, APIError) as exc:
+                api.remove_container(container["Id"], force=True)
+            except DockerException as exc:
                 if not is_not_found(exc):
-                    raise BackendError(f"removing {container.name}: {exc}") from None
-        for network in engine.client.networks.list(filters={"label": f"{JOB_LABEL}={name}"}):
+                    raise BackendError(f"removing a container of {name}: {exc}") from None
+        for network in networks:
             try:
-                network.remove()
-            except (NotFound, APIError) as exc:
+                api.remove_network(network["Id"])
+            except DockerException as exc:
                 if not is_not_found(exc):
-                    raise BackendError(f"removing network {network.name}: {exc}") from None
+                    raise BackendError(f"removing network {network['Name']}: {exc}") from None
         shutil.rmtree(self.jobs_dir / name, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A node's container as the engine lists it; the exit code once it has exited."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str
+    exit_code: int | None
+    finished_at: str
+
+
+def _node_name(job: str, node_index: int) -> str:
+    return f"{job}-{constants.NODE}-{node_index}"
+
+
+def _lower_priority() -> None:
+    processes.lower_priority(os.getpid(), whole_session=True)
