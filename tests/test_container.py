@@ -12,7 +12,7 @@ import sys
 import docker
 import pytest
 from conftest import read_task_run_logs, wait_for
-from training_functions import ddp_all_reduce, fail_on_rank, sleep_forever
+from training_functions import ddp_all_reduce, fail_on_rank, import_package, sleep_forever
 
 from prefect_kubeflow import ContainerBackendConfig, CustomTrainer, TrainerClient
 from prefect_kubeflow.backends import processes
@@ -113,6 +113,9 @@ def test_two_nodes_two_processes_train_with_gloo(engine, cclient, cconfig):
     node1 = api.containers.get(f"{name}-node-1")
     assert node1.labels["trainer.kubeflow.org/step"] == "node-1"
     assert node1.attrs["HostConfig"]["NanoCpus"] == 2_000_000_000
+    command = node1.attrs["Config"]["Cmd"]
+    assert command[command.index("--rdzv_conf") + 1] == "timeout=120"
+    assert command[command.index("--master_addr") + 1] == f"{name}-node-0"
     # Another process sees the job, read back from the engine's labels.
     script = (
         "import json, sys\n"
@@ -193,10 +196,11 @@ def test_auto_detect_prefers_docker_then_podman(monkeypatch, tmp_path):
     assert connect(None, None).name == "podman"
 
 
-def test_missing_images_are_typed_errors_and_nothing_is_created(engine, cclient, cconfig,
-                                                                tmp_path):  # fmt: skip
+def test_missing_images_are_typed_errors_and_nothing_is_created(
+    engine, cclient, cconfig, tmp_path, monkeypatch
+):
     api = engine_client(engine)
-    before = {c.id for c in api.containers.list(all=True)}
+    monkeypatch.setattr("prefect_kubeflow.client._job_name", lambda: "pknoimage1")
     for policy, reason in (("Never", "build or load it"), ("IfNotPresent", "could not be pulled")):
         client = TrainerClient(
             backend_config=cconfig.model_copy(
@@ -205,8 +209,8 @@ def test_missing_images_are_typed_errors_and_nothing_is_created(engine, cclient,
         )
         with pytest.raises(ImageUnavailableError, match=reason):
             client.train(trainer=CustomTrainer(func=sleep_forever))
-    assert {c.id for c in api.containers.list(all=True)} == before
-    assert not any((tmp_path / "container-jobs").glob("*"))
+        assert leftovers(api, "pknoimage1") == ([], [])
+        assert not (tmp_path / "container-jobs" / "pknoimage1").exists()
 
 
 def test_a_name_conflict_is_typed_and_leaves_the_other_object_alone(
@@ -222,3 +226,71 @@ def test_a_name_conflict_is_typed_and_leaves_the_other_object_alone(
         assert leftovers(api, "pkconflict1") == ([], [])
     finally:
         squatter.remove()
+
+
+@pytest.fixture(scope="module")
+def host_index():
+    """A PEP 503 index serving tinypkg 1.0 on this host's address, reachable from containers."""
+    import http.server
+    import socket
+    import threading
+
+    from test_venv import _wheel
+
+    wheel_name = "tinypkg-1.0-py3-none-any.whl"
+    wheel = _wheel("tinypkg", "1.0", 42)
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.rstrip("/") == "/simple/tinypkg":
+                body = f'<a href="/files/{wheel_name}">{wheel_name}</a>'.encode()
+                kind = "text/html"
+            elif self.path == f"/files/{wheel_name}":
+                body, kind = wheel, "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))  # no packet is sent: it picks the host's address
+        host_ip = probe.getsockname()[0]
+    # On every address: containers reach the host through their network's gateway.
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{host_ip}:{server.server_address[1]}/simple"
+    server.shutdown()
+
+
+def test_packages_are_installed_in_each_node_before_training(cclient, host_index):
+    name = cclient.train(
+        trainer=CustomTrainer(
+            func=import_package,
+            packages_to_install=["tinypkg==1.0"],
+            pip_index_urls=[host_index],
+            num_nodes=2,
+        )
+    )
+    job = cclient.wait_for_job_status(name, timeout=300)
+    assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    for step in ("node-0", "node-1"):
+        lines = list(cclient.get_job_logs(name, step=step))
+        assert any("Successfully installed tinypkg-1.0" in line for line in lines), lines
+        assert any(line.startswith("tinypkg 42 from /usr/") for line in lines), lines
+
+
+def test_a_package_pip_cannot_find_fails_the_job_with_pips_words(cclient, host_index):
+    name = cclient.train(
+        trainer=CustomTrainer(
+            func=import_package, packages_to_install=["tinypkg==9.9"], pip_index_urls=[host_index]
+        )
+    )
+    with pytest.raises(JobFailedError, match=r"No matching distribution found for tinypkg==9\.9"):
+        cclient.wait_for_job_status(name, timeout=300)

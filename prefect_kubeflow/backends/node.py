@@ -1,6 +1,9 @@
 """One node's keeper: runs its torchrun agent and copies the agent's output into the node log.
 
-``python -m prefect_kubeflow.backends.node LOG EXIT_FILE JOB_ID -- ARGV...``
+``python -m prefect_kubeflow.backends.node LOG EXIT_FILE JOB_ID [SETUP_JSON] -- ARGV...``
+
+SETUP_JSON, when given, is an argv (a JSON list) run first, its output in the same log (a
+container node's ``pip install``); if it fails, the node ends with its code.
 
 A process of its own (not a thread of the supervisor) so that moving training output to disk
 never competes with Prefect bookkeeping for a GIL: training only ever waits on this loop. It
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import selectors
 import signal
@@ -45,45 +49,60 @@ def pump(process: subprocess.Popen[bytes], writer: NodeLogWriter) -> None:
             else:
                 selector.unregister(key.fileobj)
                 key.fileobj.close()  # type: ignore[union-attr]
-    writer.close()
 
 
-def main(log: str, exit_file: str, job_id: str, argv: list[str]) -> int:
-    """Run `argv` as the node's agent, log its output, record and return its exit code."""
+def main(
+    log: str, exit_file: str, job_id: str, argv: list[str], setup: list[str] | None = None
+) -> int:
+    """Run `setup` (if any), then `argv` as the node's agent; log their output, record and
+    return the exit code."""
     # Not on Linux, this fails: the supervisor's teardown still stops the agent.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     parent = os.getppid()
-    orphaned = False
-    agent = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, JOB_ID_ENV: job_id},
-        start_new_session=True,
-    )
+    orphaned = stopped = False
+    running: subprocess.Popen[bytes] | None = None
 
     def stop_agent(signum: int, frame: FrameType | None) -> None:
-        nonlocal orphaned
+        nonlocal orphaned, stopped
         orphaned = orphaned or os.getppid() != parent
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(agent.pid, signal.SIGTERM)
+        stopped = True
+        if running is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(running.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop_agent)
-    for stream in (agent.stdout, agent.stderr):
-        # Room for bursts: a rank printing fast seldom waits for this loop to drain the pipe.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        stop_agent(signal.SIGTERM, None)
-    pump(agent, NodeLogWriter(Path(log)))
-    code = agent.wait()
+    writer = NodeLogWriter(Path(log))
+    code = 0
+    for command in [setup, argv] if setup else [argv]:
+        if stopped:
+            code = -signal.SIGTERM
+            break
+        running = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, JOB_ID_ENV: job_id},
+            start_new_session=True,
+        )
+        for stream in (running.stdout, running.stderr):
+            # Room for bursts: a rank printing fast seldom waits for this loop to drain the pipe.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+        if os.getppid() != parent or stopped:  # the parent died before prctl took effect
+            stop_agent(signal.SIGTERM, None)
+        pump(running, writer)
+        code = running.wait()
+        if code != 0:
+            break
+    writer.close()
     write_json_atomic(Path(exit_file), {"code": code, "orphaned": orphaned})
     return code
 
 
 if __name__ == "__main__":
     separator = sys.argv.index("--")
-    log_path, exit_path, job = sys.argv[1:separator]
-    sys.exit(main(log_path, exit_path, job, sys.argv[separator + 1 :]))
+    log_path, exit_path, job, *setup_json = sys.argv[1:separator]
+    setup_argv = json.loads(setup_json[0]) if setup_json else None
+    sys.exit(main(log_path, exit_path, job, sys.argv[separator + 1 :], setup_argv))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import InvalidInputError
@@ -45,9 +46,11 @@ def torchrun_argv(
     master_port: int,
     entrypoint: Path,
     job_dir: Path,
+    rendezvous_timeout: int | None = None,
 ) -> list[str]:
     """One node's torchrun command (static rendezvous at `master_addr`, node rank = index):
-    an argv list, never a shell string."""
+    an argv list, never a shell string. With `rendezvous_timeout`, a node gives up waiting for
+    the others (and node 0's store) after that many seconds instead of torch's 600."""
     return [
         python,
         "-m",
@@ -62,6 +65,20 @@ def torchrun_argv(
         master_addr,
         "--master_port",
         str(master_port),
+        *(["--rdzv_conf", f"timeout={rendezvous_timeout}"] if rendezvous_timeout else []),
         str(entrypoint),
         str(job_dir),
     ]
+
+
+def pip_install_argv(python: str, packages: list[str], index_urls: list[str]) -> list[str]:
+    """The pip command installing `packages` from `index_urls` (the first is the index, the
+    others extra ones); a plain-HTTP index the user named is trusted as such."""
+    argv = [python, "-m", "pip", "install", "--no-input", "--index-url", index_urls[0]]
+    for extra in index_urls[1:]:
+        argv += ["--extra-index-url", extra]
+    for url in index_urls:
+        parts = urlsplit(url)
+        if parts.scheme == "http" and parts.hostname:
+            argv += ["--trusted-host", parts.hostname]
+    return [*argv, *packages]

@@ -17,6 +17,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
+from prefect_kubeflow.backends.torchrun import pip_install_argv
 from prefect_kubeflow.errors import BackendError
 
 _COMPLETE = ".complete"
@@ -52,11 +53,9 @@ def _build(path: Path, packages: list[str], index_urls: list[str], log: Path) ->
     Path(site, "_prefect_kubeflow_parent.pth").write_text(
         "\n".join(p for p in parent_paths if p and Path(p).is_dir()) + "\n"
     )
-    argv = [str(_python(path)), "-m", "pip", "install", "--no-input", "--index-url", index_urls[0]]
-    for extra in index_urls[1:]:
-        argv += ["--extra-index-url", extra]
+    argv = pip_install_argv(str(_python(path)), packages, index_urls)
     with open(log, "ab") as out:
-        result = subprocess.run([*argv, *packages], stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise BackendError(

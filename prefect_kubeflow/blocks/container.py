@@ -101,3 +101,11 @@ class ContainerBackendConfig(Block):
     stop_grace_period_seconds: float = Field(
         default=10.0, ge=0, description="Seconds a node gets to exit after SIGTERM."
     )
+    rendezvous_timeout_seconds: int = Field(
+        default=120,
+        gt=0,
+        description=(
+            "Seconds a node waits for all nodes to meet at node 0 before it fails (and with "
+            "it the job)."
+        ),
+    )

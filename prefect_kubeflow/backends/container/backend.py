@@ -50,11 +50,14 @@ from prefect_kubeflow.backends.jobfiles import (
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
-from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node, torchrun_argv
+from prefect_kubeflow.backends.torchrun import (
+    pip_install_argv,
+    resolve_nproc_per_node,
+    torchrun_argv,
+)
 from prefect_kubeflow.errors import (
     BackendError,
     ImageUnavailableError,
-    InvalidInputError,
     JobNotFoundError,
 )
 from prefect_kubeflow.files import write_json_atomic
@@ -77,6 +80,7 @@ PREFIX = "prefect-kubeflow.io/"
 BACKEND_LABEL = PREFIX + "backend-version"
 NODE_LABEL = PREFIX + "node-index"
 SPEC_LABEL = PREFIX + "job"  # JSON: what get_job shows that the engine does not know
+JOB_DIR_LABEL = PREFIX + "job-dir"  # the job's host folder, whichever jobs_dir made it
 
 JOB_MOUNT = PurePosixPath("/pk-job")
 PACKAGE_MOUNT = PurePosixPath("/opt/prefect-kubeflow")
@@ -121,11 +125,6 @@ class ContainerBackend:
 
         Nothing is left behind when this raises.
         """
-        if spec.packages_to_install:
-            raise InvalidInputError(
-                "packages_to_install is not supported by the container backend yet; "
-                "install the packages into the image instead"
-            )
         engine = self.engine
         image = self.settings.get("image") or spec.runtime.trainer.image
         self._ensure_image(engine, image)
@@ -147,9 +146,18 @@ class ContainerBackend:
             RUNTIME_LABEL: spec.runtime.name,
             BACKEND_LABEL: __version__,
             SPEC_LABEL: json.dumps(record),
+            JOB_DIR_LABEL: str(job_dir),
         }
         env = {**self.settings.get("env", {}), **spec.env}
-        env.update(PYTHONPATH=str(PACKAGE_MOUNT), PYTHONUNBUFFERED="1")
+        env.update(
+            PYTHONPATH=str(PACKAGE_MOUNT),
+            PYTHONUNBUFFERED="1",
+            # pip installs packages_to_install into the image's Python: the container is
+            # thrown away after the job (Debian-based images mark theirs as externally managed).
+            PIP_BREAK_SYSTEM_PACKAGES="1",
+            PIP_ROOT_USER_ACTION="ignore",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
         job_id = uuid.uuid4().hex
         try:
             write_function(job_dir, spec)
@@ -188,7 +196,7 @@ class ContainerBackend:
                 owner = {"pid": child.pid, "start": processes.start_time(child.pid)}
             write_json_atomic(job_dir / "owner.json", owner)
         except BaseException:
-            self._remove(spec.name)
+            self._remove(spec.name, job_dir)
             raise
 
     def _ensure_image(self, engine: Engine, image: str) -> None:
@@ -267,6 +275,7 @@ class ContainerBackend:
             str(JOB_MOUNT / node_log(Path(), index)),
             str(JOB_MOUNT / node_exit_file(Path(), index)),
             job_id,
+            *self._setup(spec),
             "--",
             *torchrun_argv(
                 PYTHON,
@@ -277,10 +286,11 @@ class ContainerBackend:
                 MASTER_PORT,
                 Path(entrypoint),
                 Path(JOB_MOUNT),
+                int(self.settings.get("rendezvous_timeout_seconds") or 0) or None,
             ),
         ]
         volumes = {
-            str(self.jobs_dir / spec.name): {"bind": str(JOB_MOUNT), "mode": "rw"},
+            labels[JOB_DIR_LABEL]: {"bind": str(JOB_MOUNT), "mode": "rw"},
             str(package): {"bind": str(PACKAGE_MOUNT / "prefect_kubeflow"), "mode": "ro"},
         }
         binds = [f"{host}:{v['bind']}:{v['mode']}" for host, v in volumes.items()]
@@ -298,6 +308,15 @@ class ContainerBackend:
                 working_dir=str(JOB_MOUNT),
                 **host_config,
             )
+
+    @staticmethod
+    def _setup(spec: JobSpec) -> list[str]:
+        """The keeper's setup argument: `pip install` of packages_to_install, in the
+        container's own Python, before training."""
+        if not spec.packages_to_install:
+            return []
+        index_urls = spec.pip_index_urls or list(constants.DEFAULT_PIP_INDEX_URLS)
+        return [json.dumps(pip_install_argv(PYTHON, spec.packages_to_install, index_urls))]
 
     def _start(self, container: Container) -> None:
         with engine_errors(f"starting container {container.name}"):
@@ -320,7 +339,7 @@ class ContainerBackend:
                 code = int(self.engine.client.api.wait(container)["StatusCode"])
         except BackendError:
             return 1  # removed under us: the job is being deleted
-        exit_file = node_exit_file(self.jobs_dir / name, node_index)
+        exit_file = node_exit_file(self._job_dir(name), node_index)
         deadline = time.monotonic() + EXIT_FILE_GRACE_SECONDS
         while not exit_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # the keeper writes it after the log is complete
@@ -353,7 +372,7 @@ class ContainerBackend:
     def lost_flow_run_id(self, name: str) -> str | None:
         """The flow run of a job whose supervising process died before closing it."""
         job_dir = self._job_dir(name)
-        flow_run = read_flow_run(job_dir)
+        flow_run = read_flow_run(job_dir) if job_dir.is_dir() else None
         if flow_run is None or flow_run["closed"] or self._supervisor_alive(job_dir):
             return None
         return str(flow_run["id"])
@@ -399,11 +418,11 @@ class ContainerBackend:
             )
         return nodes
 
-    def _job_dir(self, name: str) -> Path:
-        path = self.jobs_dir / name
-        if "/" in name or name in ("", ".", "..") or not path.is_dir():
-            raise JobNotFoundError(name, self._names())
-        return path
+    def _job_dir(self, name: str, nodes: list[_Node] | None = None) -> Path:
+        """The job's host folder, as its containers' label names it."""
+        for node in self._nodes(name) if nodes is None else nodes:
+            return Path(node.labels[JOB_DIR_LABEL])
+        raise JobNotFoundError(name, self._names())
 
     def _names(self) -> list[str]:
         try:
@@ -461,7 +480,8 @@ class ContainerBackend:
             if by_index.get(index) is None:
                 message = f"{constants.NODE}-{index}: its container is gone"
             else:
-                message = node_failure(self.jobs_dir / name, index, code, record["nproc_per_node"])
+                job_dir = self._job_dir(name, nodes)
+                message = node_failure(job_dir, index, code, record["nproc_per_node"])
         elif statuses == {constants.STEP_SUCCEEDED}:
             job_status = constants.TRAINJOB_COMPLETE
         elif constants.STEP_RUNNING in statuses:
@@ -500,7 +520,7 @@ class ContainerBackend:
     def _ended(self, name: str, node_index: int) -> Callable[[], bool]:
         """Whether the node has ended: its exit file (the keeper's), else, for a container
         killed before its keeper could write it, the engine, asked every few seconds."""
-        exit_file = node_exit_file(self.jobs_dir / name, node_index)
+        exit_file = node_exit_file(self._job_dir(name), node_index)
         asked = [time.monotonic()]
 
         def ended() -> bool:
@@ -522,9 +542,9 @@ class ContainerBackend:
     def delete_job(self, name: str) -> None:
         """Stop the supervisor and the containers; remove containers, network and folder."""
         nodes = self._nodes(name)
-        job_dir = self.jobs_dir / name
-        if not nodes and not job_dir.is_dir():
+        if not nodes:
             raise JobNotFoundError(name, self._names())
+        job_dir = self._job_dir(name, nodes)
         owner_file = job_dir / "owner.json"
         owner = json.loads(owner_file.read_text()) if owner_file.exists() else {"pid": None}
         running = any(node.state in ("running", "created") for node in nodes)
@@ -538,9 +558,9 @@ class ContainerBackend:
             if processes.is_alive(owner["pid"], owner["start"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(owner["pid"], signal.SIGKILL)
-        self._remove(name)
+        self._remove(name, job_dir)
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, job_dir: Path) -> None:
         """Remove every container, the network and the folder of the job; whatever exists."""
         api = self.engine.client.api
         label = {"label": [f"{JOB_LABEL}={name}"]}
@@ -559,7 +579,7 @@ class ContainerBackend:
             except DockerException as exc:
                 if not is_not_found(exc):
                     raise BackendError(f"removing network {network['Name']}: {exc}") from None
-        shutil.rmtree(self.jobs_dir / name, ignore_errors=True)
+        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
