@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import docker
 import pytest
 from conftest import read_task_run_logs, wait_for
+from package_index import package_index
 from training_functions import ddp_all_reduce, fail_on_rank, import_package, sleep_forever
 
 from prefect_kubeflow import ContainerBackendConfig, CustomTrainer, TrainerClient
@@ -230,43 +232,13 @@ def test_a_name_conflict_is_typed_and_leaves_the_other_object_alone(
 
 @pytest.fixture(scope="module")
 def host_index():
-    """A PEP 503 index serving tinypkg 1.0 on this host's address, reachable from containers."""
-    import http.server
-    import socket
-    import threading
-
-    from test_venv import _wheel
-
-    wheel_name = "tinypkg-1.0-py3-none-any.whl"
-    wheel = _wheel("tinypkg", "1.0", 42)
-
-    class Index(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.rstrip("/") == "/simple/tinypkg":
-                body = f'<a href="/files/{wheel_name}">{wheel_name}</a>'.encode()
-                kind = "text/html"
-            elif self.path == f"/files/{wheel_name}":
-                body, kind = wheel, "application/octet-stream"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
+    """tinypkg's index on every address of this host, its URL on the address containers reach
+    (their network's gateway routes to it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("10.255.255.255", 1))  # no packet is sent: it picks the host's address
         host_ip = probe.getsockname()[0]
-    # On every address: containers reach the host through their network's gateway.
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Index)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{host_ip}:{server.server_address[1]}/simple"
-    server.shutdown()
+    with package_index(bind="0.0.0.0", advertise=host_ip) as (url, _):
+        yield url
 
 
 def test_packages_are_installed_in_each_node_before_training(cclient, host_index):

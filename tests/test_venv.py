@@ -1,39 +1,12 @@
 """packages_to_install: a cached venv, built once per package set, from a real index on loopback."""
 
-import base64
-import hashlib
-import http.server
-import io
-import threading
-import zipfile
-
 import pytest
+from package_index import package_index as serve_package_index
 from training_functions import import_package
 
 from prefect_kubeflow import CustomTrainer
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import JobFailedError
-
-
-def _wheel(name: str, version: str, value: int) -> bytes:
-    """A minimal pure-Python wheel holding `name/__init__.py` with VALUE = value."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VALUE = {value}\n".encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n",
-    }
-    record = ""
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{path},sha256={digest},{len(data)}\n"
-    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-    return buffer.getvalue()
 
 
 def _trainer(package: str, index_url: str) -> CustomTrainer:
@@ -45,34 +18,8 @@ def _trainer(package: str, index_url: str) -> CustomTrainer:
 @pytest.fixture(scope="module")
 def package_index():
     """A PEP 503 simple index on 127.0.0.1 serving one package, tinypkg 1.0."""
-    wheel_name = "tinypkg-1.0-py3-none-any.whl"
-    wheel = _wheel("tinypkg", "1.0", 42)
-    requests: list[str] = []
-
-    class Index(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            if self.path.rstrip("/") == "/simple/tinypkg":
-                body = f'<a href="/files/{wheel_name}">{wheel_name}</a>'.encode()
-                kind = "text/html"
-            elif self.path == f"/files/{wheel_name}":
-                body, kind = wheel, "application/octet-stream"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/simple", requests
-    server.shutdown()
+    with serve_package_index() as served:
+        yield served
 
 
 def test_a_venv_is_built_once_and_reused(client, package_index, tmp_path):

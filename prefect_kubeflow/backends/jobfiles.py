@@ -1,19 +1,28 @@
 """A job's folder on the host, shared by the backends whose nodes run on this machine:
-the shipped function, the flow-run file, per-node logs and exit files, the ranks' tracebacks."""
+the shipped function, the process that owns the job (``owner.json``: its supervisor, or the
+calling process for a subflow), the flow-run file, per-node logs and exit files, the ranks'
+tracebacks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect_kubeflow import constants
+from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.files import write_json_atomic
 
 FLOW_RUN_FILE = "flow_run.json"
+OWNER_FILE = "owner.json"
 
 
 def write_function(job_dir: Path, spec: JobSpec) -> None:
@@ -22,6 +31,68 @@ def write_function(job_dir: Path, spec: JobSpec) -> None:
     write_json_atomic(
         job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
     )
+
+
+def start_owner(
+    job_dir: Path,
+    supervisor: Sequence[str] | None,
+    preexec: Callable[[], None] | None = None,
+) -> None:
+    """Start `supervisor` detached (its output in ``supervisor.log``) as the job's owner, or
+    record this process as the owner when there is none (a subflow runs the job)."""
+    owner: dict[str, Any] = {"pid": os.getpid(), "kind": "inline"}
+    if supervisor is not None:
+        with open(job_dir / "supervisor.log", "wb") as log:
+            child = subprocess.Popen(
+                list(supervisor),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        owner = {"pid": child.pid, "kind": "supervisor"}
+    write_json_atomic(job_dir / OWNER_FILE, {**owner, "start": processes.start_time(owner["pid"])})
+
+
+def read_owner(job_dir: Path) -> dict[str, Any] | None:
+    """``{"pid", "kind", "start"}`` of the job's owner, if recorded."""
+    path = job_dir / OWNER_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def owner_alive(job_dir: Path) -> bool:
+    """Whether the process that owns the job still runs."""
+    owner = read_owner(job_dir)
+    return owner is not None and processes.is_alive(owner["pid"], owner["start"])
+
+
+def stop_supervisor(
+    job_dir: Path, running: bool, grace_period: float, stop_nodes: Callable[[], object]
+) -> None:
+    """Delete-time teardown. For a running job, ask its live supervisor to cancel (it stops
+    the nodes and closes its flow run Cancelled) and wait for it; then `stop_nodes`; then kill a
+    supervisor still there. The supervisor of an ended job only finishes uploading: let it."""
+    owner = read_owner(job_dir) or {}
+    pid: int = owner.get("pid") or 0
+    start = owner.get("start")
+    supervised = running and owner.get("kind") == "supervisor" and pid > 0
+    if supervised and processes.is_alive(pid, start):
+        _signal(pid, processes.CANCEL_SIGNAL)
+        deadline = time.monotonic() + grace_period + 5
+        while processes.is_alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stop_nodes()
+    if supervised and processes.is_alive(pid, start):
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def read_flow_run(job_dir: Path) -> dict[str, Any] | None:
@@ -33,6 +104,20 @@ def read_flow_run(job_dir: Path) -> dict[str, Any] | None:
 def write_flow_run(job_dir: Path, flow_run_id: str, closed: bool) -> None:
     """Remember the job's flow run; `closed` once its run is over."""
     write_json_atomic(job_dir / FLOW_RUN_FILE, {"id": flow_run_id, "closed": closed})
+
+
+def flow_run_id(job_dir: Path) -> str | None:
+    """The id of the job's flow run, once it has one."""
+    flow_run = read_flow_run(job_dir) if job_dir.is_dir() else None
+    return str(flow_run["id"]) if flow_run else None
+
+
+def lost_flow_run_id(job_dir: Path) -> str | None:
+    """The flow run of a job whose owner died before closing it."""
+    flow_run = read_flow_run(job_dir) if job_dir.is_dir() else None
+    if flow_run is None or flow_run["closed"] or owner_alive(job_dir):
+        return None
+    return str(flow_run["id"])
 
 
 def node_log(job_dir: Path, node_index: int) -> Path:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -29,10 +27,15 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.jobfiles import (
+    flow_run_id,
+    lost_flow_run_id,
     node_exit_file,
     node_failure,
     node_log,
-    read_flow_run,
+    owner_alive,
+    read_owner,
+    start_owner,
+    stop_supervisor,
     write_flow_run,
     write_function,
 )
@@ -153,22 +156,7 @@ class LocalProcessBackend:
         job_dir.mkdir(parents=True)
         try:
             write_function(job_dir, spec)
-            owner: dict[str, Any]
-            if supervisor is None:
-                owner = {"pid": os.getpid(), "kind": "inline"}
-            else:
-                with open(job_dir / "supervisor.log", "wb") as log:
-                    child = subprocess.Popen(
-                        list(supervisor),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                owner = {"pid": child.pid, "kind": "supervisor"}
-            write_json_atomic(
-                job_dir / "owner.json", {**owner, "start": processes.start_time(owner["pid"])}
-            )
+            start_owner(job_dir, supervisor)
             # job.json last: a job is listed only once it is complete.
             write_json_atomic(job_dir / "job.json", asdict(record))
         except BaseException:
@@ -181,16 +169,11 @@ class LocalProcessBackend:
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
-        flow_run = read_flow_run(self._dir(name))
-        return flow_run["id"] if flow_run else None
+        return flow_run_id(self._dir(name))
 
     def lost_flow_run_id(self, name: str) -> str | None:
         """The flow run of a job whose supervising process died before closing it."""
-        job_dir = self._dir(name)
-        flow_run = read_flow_run(job_dir)
-        if flow_run is None or flow_run["closed"] or self._owner_alive(job_dir):
-            return None
-        return str(flow_run["id"])
+        return lost_flow_run_id(self._dir(name))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -270,10 +253,6 @@ class LocalProcessBackend:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _owner_alive(self, job_dir: Path) -> bool:
-        owner = json.loads((job_dir / "owner.json").read_text())
-        return processes.is_alive(owner["pid"], owner["start"])
-
     def get_job(self, name: str) -> TrainJob:
         """The job as its files and processes show it now."""
         return self._to_trainjob(*self._load(name))
@@ -297,13 +276,13 @@ class LocalProcessBackend:
                 ended = json.loads(exit_file.read_text())
                 exits[rank] = ended["code"]
                 orphaned = orphaned or ended["orphaned"]
-        owner_alive = self._owner_alive(job_dir)
+        supervisor_alive = owner_alive(job_dir)
         error = job_dir / _ERROR_FILE
         steps = []
         for rank in range(record.num_nodes):
             if rank in exits:
                 status = constants.STEP_SUCCEEDED if exits[rank] == 0 else constants.STEP_FAILED
-            elif not owner_alive:
+            elif not supervisor_alive:
                 status = constants.STEP_FAILED
             elif (node_log(job_dir, rank)).exists():
                 status = constants.STEP_RUNNING
@@ -324,9 +303,9 @@ class LocalProcessBackend:
             status = constants.TRAINJOB_FAILED
             if error.exists():
                 message = error.read_text()
-            elif orphaned or (not owner_alive and not any(exits.values())):
-                owner = json.loads((job_dir / "owner.json").read_text())
-                message = f"the process supervising the job (pid {owner['pid']}) died"
+            elif orphaned or (not supervisor_alive and not any(exits.values())):
+                pid = (read_owner(job_dir) or {}).get("pid")
+                message = f"the process supervising the job (pid {pid}) died"
             else:
                 message = self._failure(record, job_dir, exits)
         elif statuses == {constants.STEP_SUCCEEDED}:
@@ -372,7 +351,7 @@ class LocalProcessBackend:
         def done() -> bool:
             if keepers is not None and keepers[node_index].poll() is not None:
                 return True  # this process's own keeper ended, even one killed before its exit
-            return exit_file.exists() or not job_dir.exists() or not self._owner_alive(job_dir)
+            return exit_file.exists() or not job_dir.exists() or not owner_alive(job_dir)
 
         return read_node_log(node_log(job_dir, node_index), follow, done, tail_lines)
 
@@ -381,22 +360,16 @@ class LocalProcessBackend:
     def delete_job(self, name: str) -> None:
         """Stop the supervisor and every node process, then remove the job's directory."""
         record, job_dir = self._load(name)
-        owner = json.loads((job_dir / "owner.json").read_text())
-        supervised = owner["kind"] == "supervisor"
         running = self._to_trainjob(record, job_dir).status in (
             constants.TRAINJOB_CREATED,
             constants.TRAINJOB_RUNNING,
         )
-        # A supervisor of an ended job only finishes uploading logs: let it.
-        if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
-            # The supervisor stops the nodes and closes its flow run as Cancelled.
-            os.kill(owner["pid"], processes.CANCEL_SIGNAL)
-            deadline = time.monotonic() + self.grace_period + 5
-            while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        processes.kill_marked(record.job_id, self.grace_period)
-        if supervised and running and processes.is_alive(owner["pid"], owner["start"]):
-            os.kill(owner["pid"], signal.SIGKILL)
+        stop_supervisor(
+            job_dir,
+            running,
+            self.grace_period,
+            lambda: processes.kill_marked(record.job_id, self.grace_period),
+        )
         for keeper in self._started.pop(name, []):
             keeper.wait()
         shutil.rmtree(job_dir)

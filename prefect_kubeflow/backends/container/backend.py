@@ -10,12 +10,9 @@ forwarder. Node ``i`` has node rank ``i``; all nodes rendezvous on node 0 by its
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -42,10 +39,13 @@ from prefect_kubeflow.backends.container.engine import (
     is_not_found,
 )
 from prefect_kubeflow.backends.jobfiles import (
+    flow_run_id,
+    lost_flow_run_id,
     node_exit_file,
     node_failure,
     node_log,
-    read_flow_run,
+    start_owner,
+    stop_supervisor,
     write_flow_run,
     write_function,
 )
@@ -60,7 +60,6 @@ from prefect_kubeflow.errors import (
     ImageUnavailableError,
     JobNotFoundError,
 )
-from prefect_kubeflow.files import write_json_atomic
 from prefect_kubeflow.types import (
     Runtime,
     RuntimeTrainer,
@@ -180,21 +179,9 @@ class ContainerBackend:
             with ThreadPoolExecutor(max_workers=spec.num_nodes) as pool:
                 for future in [pool.submit(create_and_start, i) for i in range(spec.num_nodes)]:
                     future.result()
-            owner: dict[str, Any] = {"pid": None, "start": None}
-            if supervisor is not None:
-                with open(job_dir / "supervisor.log", "wb") as log:
-                    # Niced from its first instruction: the nodes are already starting and
-                    # need the CPU more than the supervisor's imports do.
-                    child = subprocess.Popen(
-                        list(supervisor),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        preexec_fn=_lower_priority,
-                    )
-                owner = {"pid": child.pid, "start": processes.start_time(child.pid)}
-            write_json_atomic(job_dir / "owner.json", owner)
+            # Niced from its first instruction: the nodes are already starting and need the
+            # CPU more than the supervisor's imports do.
+            start_owner(job_dir, supervisor, preexec=_lower_priority)
         except BaseException:
             self._remove(spec.name, job_dir)
             raise
@@ -366,23 +353,11 @@ class ContainerBackend:
 
     def flow_run_id(self, name: str) -> str | None:
         """The flow run that runs the job, once it started."""
-        flow_run = read_flow_run(self._job_dir(name))
-        return flow_run["id"] if flow_run else None
+        return flow_run_id(self._job_dir(name))
 
     def lost_flow_run_id(self, name: str) -> str | None:
         """The flow run of a job whose supervising process died before closing it."""
-        job_dir = self._job_dir(name)
-        flow_run = read_flow_run(job_dir) if job_dir.is_dir() else None
-        if flow_run is None or flow_run["closed"] or self._supervisor_alive(job_dir):
-            return None
-        return str(flow_run["id"])
-
-    def _supervisor_alive(self, job_dir: Path) -> bool:
-        try:
-            owner = json.loads((job_dir / "owner.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return owner["pid"] is not None and processes.is_alive(owner["pid"], owner["start"])
+        return lost_flow_run_id(self._job_dir(name))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -545,19 +520,8 @@ class ContainerBackend:
         if not nodes:
             raise JobNotFoundError(name, self._names())
         job_dir = self._job_dir(name, nodes)
-        owner_file = job_dir / "owner.json"
-        owner = json.loads(owner_file.read_text()) if owner_file.exists() else {"pid": None}
         running = any(node.state in ("running", "created") for node in nodes)
-        if running and owner["pid"] and processes.is_alive(owner["pid"], owner["start"]):
-            # The supervisor stops the nodes and closes its flow run as Cancelled.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(owner["pid"], processes.CANCEL_SIGNAL)
-            deadline = time.monotonic() + self.grace_period + 5
-            while processes.is_alive(owner["pid"], owner["start"]) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if processes.is_alive(owner["pid"], owner["start"]):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(owner["pid"], signal.SIGKILL)
+        stop_supervisor(job_dir, running, self.grace_period, lambda: self.stop_job(name))
         self._remove(name, job_dir)
 
     def _remove(self, name: str, job_dir: Path) -> None:
