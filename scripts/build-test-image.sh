@@ -10,8 +10,10 @@ wheels=${PIP_FIND_LINKS:-/opt/wheels}
 cache=${PK_IMAGE_CACHE:-/var/cache/prefect-kubeflow}
 tarball="$cache/$(echo "$tag" | tr '/:' '__').tar"
 
+# The engines as scripts/start-container-engines.sh starts them, whatever DOCKER_HOST says.
+docker() { command docker -H unix:///var/run/docker.sock "$@"; }
 engines=()
-docker -H unix:///var/run/docker.sock info >/dev/null 2>&1 && engines+=(docker)
+docker info >/dev/null 2>&1 && engines+=(docker)
 podman info >/dev/null 2>&1 && engines+=(podman)
 ((${#engines[@]})) || { echo "no container engine is running (scripts/start-container-engines.sh)" >&2; exit 1; }
 
@@ -22,15 +24,15 @@ done
 ((${#missing[@]})) || { echo "$tag: present in ${engines[*]}"; exit 0; }
 
 if [[ ! -s "$tarball" ]]; then
-  wheel=$(ls "$wheels"/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n1)
+  wheel=$(compgen -G "$wheels/torch-2.13.0+cpu-cp311-*.whl" | head -n1 || true)
   [[ -n "$wheel" ]] || { echo "no torch 2.13.0 CPU wheel in $wheels" >&2; exit 1; }
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d /var/tmp/pk-rootfs.XXXXXX)
   cleanup() {
-    umount "$rootfs/wheels" 2>/dev/null || true
-    umount "$rootfs/proc" 2>/dev/null || true
-    rm -rf "$rootfs"
+    # Unmount whatever is still mounted inside (deepest first), then never cross into a mount.
+    findmnt -rno TARGET | grep "^$rootfs/" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$rootfs"
   }
   trap cleanup EXIT
   echo "debootstrap bookworm from $mirror"

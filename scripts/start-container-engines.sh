@@ -7,6 +7,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io tini)
 command -v podman >/dev/null || need+=(podman runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -151,7 +151,7 @@ def test_a_killed_node_fails_the_job_and_stops_the_others(engine, cclient):
     )
     api = engine_client(engine)
     api.containers.get(f"{name}-node-1").kill()
-    with pytest.raises(JobFailedError, match="node-1 exited with 137"):
+    with pytest.raises(JobFailedError, match="node-1 was killed by SIGKILL"):
         cclient.wait_for_job_status(name, timeout=120)
     # The other node was stopped by the gang, not left sleeping.
     wait_for(lambda: api.containers.get(f"{name}-node-0").status == "exited", 60, "node-0 to stop")

@@ -6,7 +6,7 @@ client and the flow), never in a backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,11 +31,20 @@ class JobSpec:
     resources_per_node: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SupervisorCommand:
+    """How to start a job's supervising process: its argv, and what it reads on stdin (the
+    backend settings: an argv is readable by every user of the machine, stdin is not)."""
+
+    argv: list[str]
+    stdin: bytes = b""
+
+
 class Backend(Protocol):
     """Where TrainJob nodes run. State is always read back from the backend's own records."""
 
-    def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
-        """Record the job. With `supervisor` (an argv), start it detached to run the job;
+    def create_job(self, spec: JobSpec, supervisor: SupervisorCommand | None) -> None:
+        """Record the job. With `supervisor`, start it detached to run the job;
         without, the calling process runs it (`start_job`)."""
 
     def start_job(self, name: str) -> None:

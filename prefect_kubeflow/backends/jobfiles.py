@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, SupervisorCommand
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.files import write_json_atomic
 
@@ -34,23 +34,26 @@ def write_function(job_dir: Path, spec: JobSpec) -> None:
 
 
 def start_owner(
-    job_dir: Path,
-    supervisor: Sequence[str] | None,
-    preexec: Callable[[], None] | None = None,
+    job_dir: Path, supervisor: SupervisorCommand | None, lower_priority: bool = False
 ) -> None:
     """Start `supervisor` detached (its output in ``supervisor.log``) as the job's owner, or
-    record this process as the owner when there is none (a subflow runs the job)."""
+    record this process as the owner when there is none (a subflow runs the job).
+    `lower_priority`: the supervisor yields the CPU at once (its nodes are not its children)."""
     owner: dict[str, Any] = {"pid": os.getpid(), "kind": "inline"}
     if supervisor is not None:
         with open(job_dir / "supervisor.log", "wb") as log:
             child = subprocess.Popen(
-                list(supervisor),
-                stdin=subprocess.DEVNULL,
+                supervisor.argv,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=preexec,
             )
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(supervisor.stdin)
+        if lower_priority:
+            processes.lower_priority(child.pid, whole_session=True)
         owner = {"pid": child.pid, "kind": "supervisor"}
     write_json_atomic(job_dir / OWNER_FILE, {**owner, "start": processes.start_time(owner["pid"])})
 
@@ -59,9 +62,11 @@ def read_owner(job_dir: Path) -> dict[str, Any] | None:
     """``{"pid", "kind", "start"}`` of the job's owner, if recorded."""
     path = job_dir / OWNER_FILE
     try:
-        return dict(json.loads(path.read_text()))
+        owner = dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+    # Without a start time a pid could name any process: never signal or trust it.
+    return owner if isinstance(owner.get("pid"), int) and owner.get("start") else None
 
 
 def owner_alive(job_dir: Path) -> bool:
@@ -133,8 +138,6 @@ def node_exit_file(job_dir: Path, node_index: int) -> Path:
 def node_failure(job_dir: Path, node_index: int, code: int, nproc_per_node: int) -> str:
     """Why a node failed: how it ended, then a rank's traceback or the node's last stderr."""
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-    if code == 137:
-        how += " (killed: SIGKILL, or out of memory)"
     header = f"{constants.NODE}-{node_index} {how}"
     first_rank = node_index * nproc_per_node
     for global_rank in range(first_rank, first_rank + nproc_per_node):

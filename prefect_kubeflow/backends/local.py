@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,7 @@ from platformdirs import user_cache_dir, user_data_dir
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, SupervisorCommand
 from prefect_kubeflow.backends.jobfiles import (
     flow_run_id,
     lost_flow_run_id,
@@ -124,7 +124,7 @@ class LocalProcessBackend:
         job_dir = self._dir(name)
         return _Record(**json.loads((job_dir / "job.json").read_text())), job_dir
 
-    def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
+    def create_job(self, spec: JobSpec, supervisor: SupervisorCommand | None) -> None:
         """Write the job's record; start `supervisor` detached, or make this process the owner."""
         nproc, device = resolve_nproc_per_node(
             spec.num_proc_per_node, spec.resources_per_node, local_gpu_count()

@@ -105,4 +105,6 @@ if __name__ == "__main__":
     separator = sys.argv.index("--")
     log_path, exit_path, job, *setup_json = sys.argv[1:separator]
     setup_argv = json.loads(setup_json[0]) if setup_json else None
-    sys.exit(main(log_path, exit_path, job, sys.argv[separator + 1 :], setup_argv))
+    exit_code = main(log_path, exit_path, job, sys.argv[separator + 1 :], setup_argv)
+    # A process cannot exit with -15: report a signal death as a shell does, 128 + signal.
+    sys.exit(128 - exit_code if exit_code < 0 else exit_code)

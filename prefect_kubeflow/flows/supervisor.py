@@ -1,6 +1,7 @@
 """The detached process that runs one TrainJob for `TrainerClient.train()`.
 
-``python -m prefect_kubeflow.flows.supervisor NAME KIND SETTINGS_JSON API_URL``
+``python -m prefect_kubeflow.flows.supervisor NAME KIND API_URL``, the backend settings as
+JSON on stdin.
 
 It starts the nodes first, before importing Prefect, so training never waits for Prefect's
 bookkeeping; then it runs the ``trainjob`` flow, which watches the nodes and forwards their logs.
@@ -20,34 +21,28 @@ from types import FrameType
 from typing import Any
 
 from prefect_kubeflow.backends import backend_for, processes
+from prefect_kubeflow.backends.base import SupervisorCommand
 from prefect_kubeflow.errors import BackendError
 from prefect_kubeflow.flows.gang import cancel_requested, watch_all
 
 logger = logging.getLogger("prefect_kubeflow.supervisor")
 
 
-def supervisor_command(name: str, kind: str, settings: dict[str, Any], api_url: str) -> list[str]:
-    """The argv that runs job `name` detached (no shell involved).
-
-    Secret fields are left out: an argv is readable by every user of the machine, and the
-    supervisor never needs them (images are pulled before it starts).
-    """
+def supervisor_command(
+    name: str, kind: str, settings: dict[str, Any], api_url: str
+) -> SupervisorCommand:
+    """The command that runs job `name` detached (no shell involved). The settings go on its
+    stdin, not its argv, which every user of the machine can read; secret fields are left out
+    (the supervisor never needs them: images are pulled before it starts)."""
     settings = {k: v for k, v in settings.items() if not hasattr(v, "get_secret_value")}
-    return [
-        sys.executable,
-        "-m",
-        "prefect_kubeflow.flows.supervisor",
-        name,
-        kind,
-        json.dumps(settings),
-        api_url,
-    ]
+    argv = [sys.executable, "-m", "prefect_kubeflow.flows.supervisor", name, kind, api_url]
+    return SupervisorCommand(argv, json.dumps(settings).encode())
 
 
 def main(argv: Sequence[str]) -> int:
     """Start the job's nodes, then run its flow; the exit code says whether it completed."""
-    name, kind, settings_json, api_url = argv
-    settings = json.loads(settings_json)
+    name, kind, api_url = argv
+    settings = json.loads(sys.stdin.buffer.read())
     backend = backend_for(kind, settings)
 
     def stop_nodes() -> None:

@@ -10,19 +10,21 @@ forwarder. Node ``i`` has node rank ``i``; all nodes rendezvous on node 0 by its
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
 from docker.types import DeviceRequest
@@ -30,8 +32,7 @@ from platformdirs import user_data_dir
 
 import prefect_kubeflow
 from prefect_kubeflow import __version__, constants
-from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, SupervisorCommand
 from prefect_kubeflow.backends.container.engine import (
     Engine,
     connect,
@@ -39,6 +40,7 @@ from prefect_kubeflow.backends.container.engine import (
     is_not_found,
 )
 from prefect_kubeflow.backends.jobfiles import (
+    OWNER_FILE,
     flow_run_id,
     lost_flow_run_id,
     node_exit_file,
@@ -59,6 +61,7 @@ from prefect_kubeflow.errors import (
     BackendError,
     ImageUnavailableError,
     JobNotFoundError,
+    NameConflictError,
 )
 from prefect_kubeflow.types import (
     Runtime,
@@ -82,6 +85,7 @@ SPEC_LABEL = PREFIX + "job"  # JSON: what get_job shows that the engine does not
 JOB_DIR_LABEL = PREFIX + "job-dir"  # the job's host folder, whichever jobs_dir made it
 
 JOB_MOUNT = PurePosixPath("/pk-job")
+NODES_DIR = "nodes"
 PACKAGE_MOUNT = PurePosixPath("/opt/prefect-kubeflow")
 PYTHON = "python3"
 MASTER_PORT = 29500
@@ -95,8 +99,13 @@ class ContainerBackend:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-        self.jobs_dir = Path(
-            settings.get("jobs_dir") or Path(user_data_dir(constants.APP_NAME)) / "container-jobs"
+        self.jobs_dir = (
+            Path(
+                settings.get("jobs_dir")
+                or Path(user_data_dir(constants.APP_NAME)) / "container-jobs"
+            )
+            .expanduser()
+            .absolute()
         )
         self.grace_period = float(settings.get("stop_grace_period_seconds", 10.0))
         self._engine: Engine | None = None
@@ -119,7 +128,7 @@ class ContainerBackend:
 
     # -- creating ----------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, supervisor: Sequence[str] | None) -> None:
+    def create_job(self, spec: JobSpec, supervisor: SupervisorCommand | None) -> None:
         """Create and start the job's network and containers, then its supervisor.
 
         Nothing is left behind when this raises.
@@ -128,9 +137,7 @@ class ContainerBackend:
         image = self.settings.get("image") or spec.runtime.trainer.image
         self._ensure_image(engine, image)
         nproc, device = resolve_nproc_per_node(spec.num_proc_per_node, spec.resources_per_node, 0)
-        host_config = self._host_config(spec.resources_per_node, engine.name)
         job_dir = self.jobs_dir / spec.name
-        job_dir.mkdir(parents=True)
         record = {
             "created": datetime.now(timezone.utc).isoformat(),
             "num_nodes": spec.num_nodes,
@@ -159,7 +166,8 @@ class ContainerBackend:
         )
         job_id = uuid.uuid4().hex
         try:
-            write_function(job_dir, spec)
+            _nodes_dir(job_dir).mkdir(parents=True)
+            write_function(_nodes_dir(job_dir), spec)
             with engine_errors(f"creating network {spec.name}-net"):
                 engine.client.networks.create(
                     f"{spec.name}-net",
@@ -169,9 +177,10 @@ class ContainerBackend:
                 )
 
             def create_and_start(index: int) -> None:
+                options = self._host_config(spec.resources_per_node, engine.name, index)
                 self._start(
                     self._create_node(
-                        engine, spec, index, image, nproc, job_id, labels, env, host_config
+                        engine, spec, index, image, nproc, job_id, labels, env, options
                     )
                 )
 
@@ -179,11 +188,15 @@ class ContainerBackend:
             with ThreadPoolExecutor(max_workers=spec.num_nodes) as pool:
                 for future in [pool.submit(create_and_start, i) for i in range(spec.num_nodes)]:
                     future.result()
-            # Niced from its first instruction: the nodes are already starting and need the
-            # CPU more than the supervisor's imports do.
-            start_owner(job_dir, supervisor, preexec=_lower_priority)
+            # Niced at once: the nodes are starting and need the CPU more than its imports do.
+            start_owner(job_dir, supervisor, lower_priority=True)
+        except FileExistsError:
+            raise NameConflictError(f"a job folder {job_dir} already exists") from None
         except BaseException:
-            self._remove(spec.name, job_dir)
+            # Clean up without hiding why creating failed.
+            with contextlib.suppress(Exception):
+                self._remove(spec.name, job_dir)
+            shutil.rmtree(job_dir, ignore_errors=True)
             raise
 
     def _ensure_image(self, engine: Engine, image: str) -> None:
@@ -222,18 +235,23 @@ class ContainerBackend:
                 "(e.g. scripts/build-test-image.sh) and set pull_policy IfNotPresent"
             ) from None
 
-    def _host_config(self, resources: Mapping[str, Any], engine: str) -> dict[str, Any]:
-        """Container options from resources_per_node and the block's shm/volumes."""
+    def _host_config(
+        self, resources: Mapping[str, Any], engine: str, node_index: int
+    ) -> dict[str, Any]:
+        """Container options from resources_per_node and the block's shm size. Node `i`
+        asking for `g` GPUs gets GPUs `i*g` to `i*g+g-1`: nodes never share one."""
         options: dict[str, Any] = {}
         if constants.CPU_LABEL in resources:
             options["nano_cpus"] = int(quantity(resources[constants.CPU_LABEL]) * 1e9)
         if constants.MEMORY_LABEL in resources:
             options["mem_limit"] = memory_bytes(resources[constants.MEMORY_LABEL])
         gpus = gpu_count(resources)
+        ids = [str(i) for i in range(node_index * gpus, (node_index + 1) * gpus)]
         if gpus and engine == "docker":
-            options["device_requests"] = [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
-        elif gpus:  # Podman: CDI devices
-            options["devices"] = [f"nvidia.com/gpu={i}" for i in range(gpus)]
+            options["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+        elif gpus:  # Podman (5.4+): CDI device names
+            cdi = [f"nvidia.com/gpu={i}" for i in ids]
+            options["device_requests"] = [DeviceRequest(driver="cdi", device_ids=cdi)]
         if self.settings.get("shm_size"):
             options["shm_size"] = self.settings["shm_size"]
         return options
@@ -277,7 +295,8 @@ class ContainerBackend:
             ),
         ]
         volumes = {
-            labels[JOB_DIR_LABEL]: {"bind": str(JOB_MOUNT), "mode": "rw"},
+            # Only the nodes' folder: the job's own records (owner, flow run) stay out of reach.
+            str(_nodes_dir(Path(labels[JOB_DIR_LABEL]))): {"bind": str(JOB_MOUNT), "mode": "rw"},
             str(package): {"bind": str(PACKAGE_MOUNT / "prefect_kubeflow"), "mode": "ro"},
         }
         binds = [f"{host}:{v['bind']}:{v['mode']}" for host, v in volumes.items()]
@@ -293,6 +312,7 @@ class ContainerBackend:
                 volumes=binds,
                 network=f"{spec.name}-net",
                 working_dir=str(JOB_MOUNT),
+                stop_signal="SIGTERM",  # what the keeper handles, whatever the image says
                 **host_config,
             )
 
@@ -321,12 +341,15 @@ class ContainerBackend:
     def wait_node(self, name: str, node_index: int) -> int:
         """Wait for the node's container to exit and its log to be complete; its exit code."""
         container = _node_name(name, node_index)
-        try:
-            with engine_errors(f"waiting for {container}"):
+        exit_file = node_exit_file(_nodes_dir(self._job_dir(name)), node_index)
+        while True:
+            try:
                 code = int(self.engine.client.api.wait(container)["StatusCode"])
-        except BackendError:
-            return 1  # removed under us: the job is being deleted
-        exit_file = node_exit_file(self._job_dir(name), node_index)
+                break
+            except (DockerException, requests.RequestException) as exc:
+                if is_not_found(exc):
+                    return 1  # removed under us: the job is being deleted
+                time.sleep(2)  # the engine is restarting or busy: the node may still run
         deadline = time.monotonic() + EXIT_FILE_GRACE_SECONDS
         while not exit_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # the keeper writes it after the log is complete
@@ -339,11 +362,12 @@ class ContainerBackend:
             list(pool.map(self._stop, running))
 
     def _stop(self, node: _Node) -> None:
-        try:
-            self.engine.client.api.stop(node.id, timeout=int(self.grace_period))
-        except DockerException as exc:
-            if not is_not_found(exc):
-                raise
+        with engine_errors(f"stopping {node.name}"):
+            try:
+                self.engine.client.api.stop(node.id, timeout=int(self.grace_period))
+            except DockerException as exc:
+                if not is_not_found(exc):
+                    raise
 
     # -- flow runs ---------------------------------------------------------------------------
 
@@ -372,15 +396,17 @@ class ContainerBackend:
         nodes = []
         for row in rows:
             state = str(row.get("State") or "")
-            exit_code, finished = None, ""
+            exit_code, finished, oom = None, "", False
             if state in ("exited", "dead"):
-                try:
-                    details = api.inspect_container(row["Id"])["State"]
-                except DockerException as exc:
-                    if is_not_found(exc):
-                        continue  # removed while we listed
-                    raise
+                with engine_errors(f"inspecting container {row['Id'][:12]}"):
+                    try:
+                        details = api.inspect_container(row["Id"])["State"]
+                    except DockerException as exc:
+                        if is_not_found(exc):
+                            continue  # removed while we listed
+                        raise
                 exit_code, finished = int(details["ExitCode"]), str(details["FinishedAt"])
+                oom = bool(details.get("OOMKilled"))
             nodes.append(
                 _Node(
                     id=row["Id"],
@@ -389,6 +415,7 @@ class ContainerBackend:
                     state=state,
                     exit_code=exit_code,
                     finished_at=finished,
+                    oom_killed=oom,
                 )
             )
         return nodes
@@ -424,10 +451,15 @@ class ContainerBackend:
         labels = nodes[0].labels
         record = json.loads(labels[SPEC_LABEL])
         by_index = {int(node.labels[NODE_LABEL]): node for node in nodes}
+        job_dir = self._job_dir(name, nodes)
+        # Nodes are created in parallel; until the owner is recorded, a missing one is coming.
+        created = (job_dir / OWNER_FILE).exists()
         steps, failed = [], []
         for index in range(record["num_nodes"]):
             node = by_index.get(index)
-            if node is None:
+            if node is None and not created:
+                status = constants.STEP_PENDING
+            elif node is None:
                 status = constants.STEP_FAILED
                 failed.append((index, "", 1))
             elif node.exit_code is not None:
@@ -452,11 +484,11 @@ class ContainerBackend:
         if failed:
             job_status = constants.TRAINJOB_FAILED
             index, _, code = min(failed, key=lambda f: f[1])
-            if by_index.get(index) is None:
+            failed_node = by_index.get(index)
+            if failed_node is None:
                 message = f"{constants.NODE}-{index}: its container is gone"
             else:
-                job_dir = self._job_dir(name, nodes)
-                message = node_failure(job_dir, index, code, record["nproc_per_node"])
+                message = self._failure(failed_node, job_dir, index, code, record["nproc_per_node"])
         elif statuses == {constants.STEP_SUCCEEDED}:
             job_status = constants.TRAINJOB_COMPLETE
         elif constants.STEP_RUNNING in statuses:
@@ -483,19 +515,34 @@ class ContainerBackend:
             message=message,
         )
 
+    def _failure(self, node: _Node, job_dir: Path, index: int, code: int, nproc: int) -> str:
+        """Why a node failed; a signal death (exit 128+n) named as such."""
+        if code > 128 and code - 128 in {s.value for s in signal.Signals}:
+            code = -(code - 128)
+        nodes_dir = _nodes_dir(job_dir)
+        message = node_failure(nodes_dir, index, code, nproc)
+        if node.oom_killed:
+            message += " (out of memory: raise resources_per_node['memory'])"
+        if not node_log(nodes_dir, index).exists():
+            # The keeper never ran (an image without a usable python3): the engine's log says.
+            with contextlib.suppress(DockerException, requests.RequestException):
+                tail = self.engine.client.api.logs(node.id, tail=20).decode(errors="replace")
+                message += "\n" + tail.rstrip()
+        return message
+
     def node_logs(
         self, name: str, node_index: int, follow: bool, tail_lines: int | None
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until its container has ended."""
-        job_dir = self._job_dir(name)
+        nodes_dir = _nodes_dir(self._job_dir(name))
         return read_node_log(
-            node_log(job_dir, node_index), follow, self._ended(name, node_index), tail_lines
+            node_log(nodes_dir, node_index), follow, self._ended(name, node_index), tail_lines
         )
 
     def _ended(self, name: str, node_index: int) -> Callable[[], bool]:
         """Whether the node has ended: its exit file (the keeper's), else, for a container
         killed before its keeper could write it, the engine, asked every few seconds."""
-        exit_file = node_exit_file(self._job_dir(name), node_index)
+        exit_file = node_exit_file(_nodes_dir(self._job_dir(name)), node_index)
         asked = [time.monotonic()]
 
         def ended() -> bool:
@@ -506,8 +553,8 @@ class ContainerBackend:
             asked[0] = time.monotonic()
             try:
                 state = self.engine.client.api.inspect_container(_node_name(name, node_index))
-            except DockerException:
-                return True  # gone
+            except (DockerException, requests.RequestException) as exc:
+                return is_not_found(exc)  # gone; or the engine is busy: ask again later
             return str(state["State"]["Status"]) in ("exited", "dead")
 
         return ended
@@ -527,7 +574,7 @@ class ContainerBackend:
     def _remove(self, name: str, job_dir: Path) -> None:
         """Remove every container, the network and the folder of the job; whatever exists."""
         api = self.engine.client.api
-        label = {"label": [f"{JOB_LABEL}={name}"]}
+        label = {"label": [f"{JOB_LABEL}={name}", BACKEND_LABEL]}
         with engine_errors(f"listing what is left of {name}"):
             containers = api.containers(all=True, filters=label)
             networks = api.networks(filters=label)
@@ -556,11 +603,13 @@ class _Node:
     state: str
     exit_code: int | None
     finished_at: str
+    oom_killed: bool = False
 
 
 def _node_name(job: str, node_index: int) -> str:
     return f"{job}-{constants.NODE}-{node_index}"
 
 
-def _lower_priority() -> None:
-    processes.lower_priority(os.getpid(), whole_session=True)
+def _nodes_dir(job_dir: Path) -> Path:
+    """The part of the job's folder its containers see (the function, node logs and exits)."""
+    return job_dir / NODES_DIR

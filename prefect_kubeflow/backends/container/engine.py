@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import docker
+import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from prefect_kubeflow.errors import (
@@ -66,11 +67,11 @@ def connect(engine: str | None, host: str | None) -> Engine:
         try:
             client = docker.DockerClient(base_url=url, timeout=API_TIMEOUT_SECONDS)
             client.ping()
-        except DockerException as exc:
+            if engine is None and _is_podman(client):
+                name = "podman"  # DOCKER_HOST or container_host naming Podman's socket
+        except (DockerException, requests.RequestException) as exc:
             failures.append(f"{name} at {url}: {_reason(exc)}")
             continue
-        if engine is None and host is None and name == "docker" and _is_podman(client):
-            name = "podman"  # DOCKER_HOST pointing at Podman's socket
         return Engine(name, url, client)
     hints = "; or ".join(HOW_TO_START[name] for name in candidates)
     raise EngineUnavailableError(
@@ -102,7 +103,7 @@ def engine_errors(what: str) -> Iterator[None]:
                 f"{what}: {explanation}; delete the job of that name, or remove what is left of it"
             ) from None
         raise BackendError(f"{what}: {explanation}") from None
-    except DockerException as exc:
+    except (DockerException, requests.RequestException) as exc:
         raise EngineUnavailableError(
             f"{what}: the engine stopped answering ({_reason(exc)})"
         ) from None
