@@ -178,7 +178,11 @@ class TrainerClient:
         settings = backend_settings(self.backend_config)
         if FlowRunContext.get() is not None:
             self.backend.create_job(spec, supervisor=None)
-            run_trainjob(spec.name, self.backend_config)
+            try:
+                run_trainjob(spec.name, self.backend_config)
+            finally:
+                if getattr(self.backend_config, "auto_remove", False):
+                    self.backend.delete_job(spec.name)  # ended and forwarded: nothing is kept
             return spec.name
         api_url = PREFECT_API_URL.value() or ""
         command = supervisor_command(spec.name, self._kind, settings, api_url)

@@ -266,3 +266,13 @@ def test_a_package_pip_cannot_find_fails_the_job_with_pips_words(cclient, host_i
     )
     with pytest.raises(JobFailedError, match=r"No matching distribution found for tinypkg==9\.9"):
         cclient.wait_for_job_status(name, timeout=300)
+
+
+def test_auto_remove_leaves_nothing_once_the_job_has_ended(engine, cconfig, tmp_path):
+    api = engine_client(engine)
+    client = TrainerClient(backend_config=cconfig.model_copy(update={"auto_remove": True}))
+    name = client.train(trainer=CustomTrainer(func=ddp_all_reduce, num_nodes=2))
+    jobs_dir = tmp_path / "container-jobs"
+    wait_for(lambda: not (jobs_dir / name).exists(), 300, "the ended job to be removed")
+    assert leftovers(api, name) == ([], [])
+    assert name not in [job.name for job in client.list_jobs()]

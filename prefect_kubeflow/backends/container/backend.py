@@ -25,8 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import requests
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import DockerException, ImageNotFound
 from docker.models.containers import Container
+from docker.models.images import Image
 from docker.types import DeviceRequest
 from platformdirs import user_data_dir
 
@@ -135,7 +136,7 @@ class ContainerBackend:
         """
         engine = self.engine
         image = self.settings.get("image") or spec.runtime.trainer.image
-        self._ensure_image(engine, image)
+        image_env = self._ensure_image(engine, image)
         nproc, device = resolve_nproc_per_node(spec.num_proc_per_node, spec.resources_per_node, 0)
         job_dir = self.jobs_dir / spec.name
         record = {
@@ -155,8 +156,9 @@ class ContainerBackend:
             JOB_DIR_LABEL: str(job_dir),
         }
         env = {**self.settings.get("env", {}), **spec.env}
+        python_path = [str(PACKAGE_MOUNT), env.get("PYTHONPATH") or image_env.get("PYTHONPATH")]
         env.update(
-            PYTHONPATH=str(PACKAGE_MOUNT),
+            PYTHONPATH=":".join(p for p in python_path if p),
             PYTHONUNBUFFERED="1",
             # pip installs packages_to_install into the image's Python: the container is
             # thrown away after the job (Debian-based images mark theirs as externally managed).
@@ -199,21 +201,19 @@ class ContainerBackend:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
 
-    def _ensure_image(self, engine: Engine, image: str) -> None:
-        """Make `image` present as `pull_policy` says, before anything is created."""
+    def _ensure_image(self, engine: Engine, image: str) -> dict[str, str]:
+        """Make `image` present as `pull_policy` says, before anything is created; return the
+        image's environment."""
         if not image:
             raise ImageUnavailableError(
                 "no image: the runtime names none; set ContainerBackendConfig.image"
             )
         policy = self.settings.get("pull_policy") or "IfNotPresent"
-        present = True
-        with engine_errors(f"inspecting image {image}"):
-            try:
-                engine.client.images.get(image)
-            except ImageNotFound:
-                present = False
-        if present and policy != "Always":
-            return
+        found: Image | None = None
+        with engine_errors(f"inspecting image {image}"), contextlib.suppress(ImageNotFound):
+            found = engine.client.images.get(image)
+        if found is not None and policy != "Always":
+            return _image_env(found)
         if policy == "Never":
             raise ImageUnavailableError(
                 f"image {image!r} is not present in {engine.name} and pull_policy is Never; "
@@ -226,14 +226,15 @@ class ContainerBackend:
             secret = getattr(password, "get_secret_value", lambda: password)()
             auth = {"username": self.settings["registry_username"], "password": secret}
         try:
-            engine.client.images.pull(image, auth_config=auth)
-        except (APIError, DockerException) as exc:
+            pulled = engine.client.images.pull(image, auth_config=auth)
+        except (DockerException, requests.RequestException) as exc:
             reason = getattr(exc, "explanation", None) or str(exc)
             raise ImageUnavailableError(
                 f"image {image!r} could not be pulled ({reason}); check the name and the "
                 f"registry's credentials, or build or load it into {engine.name} "
                 "(e.g. scripts/build-test-image.sh) and set pull_policy IfNotPresent"
             ) from None
+        return _image_env(pulled if isinstance(pulled, Image) else pulled[0])
 
     def _host_config(
         self, resources: Mapping[str, Any], engine: str, node_index: int
@@ -483,7 +484,7 @@ class ContainerBackend:
         message = None
         if failed:
             job_status = constants.TRAINJOB_FAILED
-            index, _, code = min(failed, key=lambda f: f[1])
+            index, _, code = min(failed, key=lambda f: _sortable_time(f[1]))
             failed_node = by_index.get(index)
             if failed_node is None:
                 message = f"{constants.NODE}-{index}: its container is gone"
@@ -608,6 +609,22 @@ class _Node:
 
 def _node_name(job: str, node_index: int) -> str:
     return f"{job}-{constants.NODE}-{node_index}"
+
+
+def _image_env(image: Image) -> dict[str, str]:
+    """The environment an image sets (``Config.Env``)."""
+    pairs = (image.attrs.get("Config") or {}).get("Env") or []
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def _sortable_time(timestamp: str) -> str:
+    """An engine's RFC 3339 time with its fraction padded to nanoseconds: Docker trims the
+    fraction's trailing zeros, so plain strings would not sort in time order."""
+    head, dot, rest = timestamp.partition(".")
+    if not dot:
+        return timestamp
+    digits = rest.rstrip("Z")
+    return f"{head}.{digits.ljust(9, '0')}Z"
 
 
 def _nodes_dir(job_dir: Path) -> Path:
