@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 
 import docker
 import pytest
@@ -22,6 +23,7 @@ from prefect_kubeflow.backends.container.backend import JOB_LABEL
 from prefect_kubeflow.backends.container.engine import default_host
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
+    BackendError,
     EngineUnavailableError,
     ImageUnavailableError,
     JobFailedError,
@@ -276,3 +278,25 @@ def test_auto_remove_leaves_nothing_once_the_job_has_ended(engine, cconfig, tmp_
     wait_for(lambda: not (jobs_dir / name).exists(), 300, "the ended job to be removed")
     assert leftovers(api, name) == ([], [])
     assert name not in [job.name for job in client.list_jobs()]
+
+
+def test_an_image_without_python_is_a_clear_error_and_nothing_is_left(
+    engine, cclient, cconfig, tmp_path, monkeypatch
+):
+    api = engine_client(engine)
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    subprocess.run(
+        [engine, "import", str(empty), "localhost/prefect-kubeflow-empty:1"],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setattr("prefect_kubeflow.client._job_name", lambda: "pknopython1")
+    client = TrainerClient(
+        backend_config=cconfig.model_copy(update={"image": "localhost/prefect-kubeflow-empty:1"})
+    )
+    with pytest.raises(BackendError, match=r"the image must provide python3 \(3\.10 or newer\)"):
+        client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    assert leftovers(api, "pknopython1") == ([], [])
+    assert not (tmp_path / "container-jobs" / "pknopython1").exists()

@@ -327,8 +327,15 @@ class ContainerBackend:
         return [json.dumps(pip_install_argv(PYTHON, spec.packages_to_install, index_urls))]
 
     def _start(self, container: Container) -> None:
-        with engine_errors(f"starting container {container.name}"):
-            container.start()
+        try:
+            with engine_errors(f"starting container {container.name}"):
+                container.start()
+        except BackendError as exc:
+            if PYTHON in str(exc) and "not found" in str(exc):
+                raise BackendError(
+                    f"{exc}; the image must provide {PYTHON} (3.10 or newer) and torch"
+                ) from None
+            raise
 
     def start_job(self, name: str) -> None:
         """Start containers not started yet (create_job starts them; this is for safety)."""
