@@ -254,6 +254,14 @@ def test_packages_are_installed_in_each_node_before_training(cclient, host_index
     )
     job = cclient.wait_for_job_status(name, timeout=300)
     assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    # The index URL (it may carry credentials) is in the environment, not the command line.
+    config = (
+        engine_client(cclient.backend_config.container_runtime)
+        .containers.get(f"{name}-node-0")
+        .attrs["Config"]
+    )
+    assert host_index not in " ".join(config["Cmd"])
+    assert f"PIP_INDEX_URL={host_index}" in config["Env"]
     for step in ("node-0", "node-1"):
         lines = list(cclient.get_job_logs(name, step=step))
         assert any("Successfully installed tinypkg-1.0" in line for line in lines), lines

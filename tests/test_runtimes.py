@@ -76,6 +76,7 @@ def test_parse_the_node_job_among_others_and_defaults():
         (runtime_yaml("a") + "---\n" + runtime_yaml("b", nproc=0), "document 2: field"),
         (runtime_yaml("x").replace("trainer.kubeflow.org/v1alpha1", "v1"), "field apiVersion"),
         ("", "it is empty"),
+        (runtime_yaml("float-nproc", nproc=4.0), "field spec.mlPolicy.torch.numProcPerNode"),
     ],
 )
 def test_parse_errors_name_the_document_and_field(text, reason):
@@ -212,3 +213,8 @@ def test_a_runtime_object_keeps_its_own_fields(client):
     assert rank_lines(client, name, "node-0") == [
         f"rank={rank} local_world=2 PK_TEST_VAR=from-runtime" for rank in range(2)
     ]
+
+
+def test_a_null_num_proc_per_node_means_unset():
+    [spec] = parse_runtimes(runtime_yaml("null-nproc", nproc=None), "mem://null.yaml")
+    assert spec.num_proc_per_node == "auto"

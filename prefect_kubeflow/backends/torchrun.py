@@ -71,14 +71,18 @@ def torchrun_argv(
     ]
 
 
-def pip_install_argv(python: str, packages: list[str], index_urls: list[str]) -> list[str]:
+def pip_install_command(
+    python: str, packages: list[str], index_urls: list[str]
+) -> tuple[list[str], dict[str, str]]:
     """The pip command installing `packages` from `index_urls` (the first is the index, the
-    others extra ones); a plain-HTTP index the user named is trusted as such."""
-    argv = [python, "-m", "pip", "install", "--no-input", "--index-url", index_urls[0]]
-    for extra in index_urls[1:]:
-        argv += ["--extra-index-url", extra]
-    for url in index_urls:
-        parts = urlsplit(url)
-        if parts.scheme == "http" and parts.hostname:
-            argv += ["--trusted-host", parts.hostname]
-    return [*argv, *packages]
+    others extra ones), and the environment it needs. The URLs go in the environment, not the
+    argv: they may carry credentials, and any user of the machine can read an argv. A
+    plain-HTTP index the user named is trusted as such."""
+    argv = [python, "-m", "pip", "install", "--no-input", *packages]
+    env = {"PIP_INDEX_URL": index_urls[0]}
+    if index_urls[1:]:
+        env["PIP_EXTRA_INDEX_URL"] = " ".join(index_urls[1:])
+    insecure = [urlsplit(u).hostname for u in index_urls if urlsplit(u).scheme == "http"]
+    if any(insecure):
+        env["PIP_TRUSTED_HOST"] = " ".join(host for host in insecure if host)
+    return argv, env

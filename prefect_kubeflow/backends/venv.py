@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
-from prefect_kubeflow.backends.torchrun import pip_install_argv
+from prefect_kubeflow.backends.torchrun import pip_install_command
 from prefect_kubeflow.errors import BackendError
 
 _COMPLETE = ".complete"
@@ -53,9 +54,11 @@ def _build(path: Path, packages: list[str], index_urls: list[str], log: Path) ->
     Path(site, "_prefect_kubeflow_parent.pth").write_text(
         "\n".join(p for p in parent_paths if p and Path(p).is_dir()) + "\n"
     )
-    argv = pip_install_argv(str(_python(path)), packages, index_urls)
+    argv, pip_env = pip_install_command(str(_python(path)), packages, index_urls)
     with open(log, "ab") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **pip_env}
+        )
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise BackendError(

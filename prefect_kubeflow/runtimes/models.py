@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from prefect_kubeflow import constants
 
@@ -73,12 +73,14 @@ class JobSetTemplate(_Shape):
 
 
 class TorchPolicy(_Shape):
-    numProcPerNode: int | Literal["auto", "cpu", "gpu"] = "auto"
+    numProcPerNode: StrictInt | Literal["auto", "cpu", "gpu"] = "auto"
 
     @field_validator("numProcPerNode", mode="before")
     @classmethod
     def _int_or_string(cls, value: object) -> object:
-        # An IntOrString: "4" means 4.
+        # An IntOrString: "4" means 4; null means unset.
+        if value is None:
+            return "auto"
         if isinstance(value, str) and value.isdigit():
             return int(value)
         if isinstance(value, bool):

@@ -54,7 +54,7 @@ from prefect_kubeflow.backends.jobfiles import (
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import (
-    pip_install_argv,
+    pip_install_command,
     resolve_nproc_per_node,
     torchrun_argv,
 )
@@ -155,7 +155,8 @@ class ContainerBackend:
             SPEC_LABEL: json.dumps(record),
             JOB_DIR_LABEL: str(job_dir),
         }
-        env = {**self.settings.get("env", {}), **spec.env}
+        # pip's index URLs (maybe with credentials) go in the environment, not the command.
+        env = {**self.settings.get("env", {}), **spec.env, **_pip_install(spec)[1]}
         python_path = [str(PACKAGE_MOUNT), env.get("PYTHONPATH") or image_env.get("PYTHONPATH")]
         env.update(
             PYTHONPATH=":".join(p for p in python_path if p),
@@ -323,8 +324,8 @@ class ContainerBackend:
         container's own Python, before training."""
         if not spec.packages_to_install:
             return []
-        index_urls = spec.pip_index_urls or list(constants.DEFAULT_PIP_INDEX_URLS)
-        return [json.dumps(pip_install_argv(PYTHON, spec.packages_to_install, index_urls))]
+        argv, _ = _pip_install(spec)
+        return [json.dumps(argv)]
 
     def _start(self, container: Container) -> None:
         try:
@@ -612,6 +613,14 @@ class _Node:
     exit_code: int | None
     finished_at: str
     oom_killed: bool = False
+
+
+def _pip_install(spec: JobSpec) -> tuple[list[str], dict[str, str]]:
+    """The pip command and environment installing the job's packages_to_install."""
+    if not spec.packages_to_install:
+        return [], {}
+    index_urls = spec.pip_index_urls or list(constants.DEFAULT_PIP_INDEX_URLS)
+    return pip_install_command(PYTHON, spec.packages_to_install, index_urls)
 
 
 def _node_name(job: str, node_index: int) -> str:
