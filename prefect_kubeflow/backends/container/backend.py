@@ -156,7 +156,9 @@ class ContainerBackend:
             JOB_DIR_LABEL: str(job_dir),
         }
         # pip's index URLs (maybe with credentials) go in the environment, not the command.
-        env = {**self.settings.get("env", {}), **spec.env, **_pip_install(spec)[1]}
+        pip_argv, pip_env = _pip_install(spec)
+        setup = [json.dumps(pip_argv)] if pip_argv else []
+        env = {**self.settings.get("env", {}), **spec.env, **pip_env}
         python_path = [str(PACKAGE_MOUNT), env.get("PYTHONPATH") or image_env.get("PYTHONPATH")]
         env.update(
             PYTHONPATH=":".join(p for p in python_path if p),
@@ -183,7 +185,7 @@ class ContainerBackend:
                 options = self._host_config(spec.resources_per_node, engine.name, index)
                 self._start(
                     self._create_node(
-                        engine, spec, index, image, nproc, job_id, labels, env, options
+                        engine, spec, index, image, nproc, job_id, setup, labels, env, options
                     )
                 )
 
@@ -266,6 +268,7 @@ class ContainerBackend:
         image: str,
         nproc: int,
         job_id: str,
+        setup: list[str],
         labels: dict[str, str],
         env: dict[str, str],
         host_config: dict[str, Any],
@@ -282,14 +285,14 @@ class ContainerBackend:
             str(JOB_MOUNT / node_log(Path(), index)),
             str(JOB_MOUNT / node_exit_file(Path(), index)),
             job_id,
-            *self._setup(spec),
+            *setup,
             "--",
             *torchrun_argv(
                 PYTHON,
                 spec.num_nodes,
                 index,
                 nproc,
-                f"{spec.name}-{constants.NODE}-0",
+                _node_name(spec.name, 0),
                 MASTER_PORT,
                 Path(entrypoint),
                 Path(JOB_MOUNT),
@@ -318,15 +321,6 @@ class ContainerBackend:
                 **host_config,
             )
 
-    @staticmethod
-    def _setup(spec: JobSpec) -> list[str]:
-        """The keeper's setup argument: `pip install` of packages_to_install, in the
-        container's own Python, before training."""
-        if not spec.packages_to_install:
-            return []
-        argv, _ = _pip_install(spec)
-        return [json.dumps(argv)]
-
     def _start(self, container: Container) -> None:
         try:
             with engine_errors(f"starting container {container.name}"):
@@ -339,11 +333,7 @@ class ContainerBackend:
             raise
 
     def start_job(self, name: str) -> None:
-        """Start containers not started yet (create_job starts them; this is for safety)."""
-        for node in self._nodes(name):
-            if node.state == "created":
-                with engine_errors(f"starting container {node.name}"):
-                    self.engine.client.api.start(node.id)
+        """Nothing to do: `create_job` has started every node (or removed the job)."""
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -544,14 +534,13 @@ class ContainerBackend:
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until its container has ended."""
         nodes_dir = _nodes_dir(self._job_dir(name))
-        return read_node_log(
-            node_log(nodes_dir, node_index), follow, self._ended(name, node_index), tail_lines
-        )
+        ended = self._ended(name, node_index, nodes_dir)
+        return read_node_log(node_log(nodes_dir, node_index), follow, ended, tail_lines)
 
-    def _ended(self, name: str, node_index: int) -> Callable[[], bool]:
+    def _ended(self, name: str, node_index: int, nodes_dir: Path) -> Callable[[], bool]:
         """Whether the node has ended: its exit file (the keeper's), else, for a container
         killed before its keeper could write it, the engine, asked every few seconds."""
-        exit_file = node_exit_file(_nodes_dir(self._job_dir(name)), node_index)
+        exit_file = node_exit_file(nodes_dir, node_index)
         asked = [time.monotonic()]
 
         def ended() -> bool:

@@ -97,7 +97,7 @@ def engine_errors(what: str) -> Iterator[None]:
         if (
             exc.status_code == 409
             or "already in use" in explanation
-            or "already exists" in (explanation)
+            or "already exists" in explanation
         ):
             raise NameConflictError(
                 f"{what}: {explanation}; delete the job of that name, or remove what is left of it"
