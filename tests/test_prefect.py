@@ -62,31 +62,15 @@ def test_a_failing_subflow_fails_the_parent(config):
         state.result()
 
 
-class TestLocalProcessBackendConfigBlock(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self):
-        return LocalProcessBackendConfig
+class TestBlocks(BlockStandardTestSuite):
+    @pytest.fixture(
+        params=[LocalProcessBackendConfig, ContainerBackendConfig, TrainingRuntimeSource]
+    )
+    def block(self, request):
+        return request.param
 
     def test_has_a_valid_image(self, block):
         # The suite's own check downloads the logo: there is no internet here.
-        assert str(block._logo_url).startswith("https://")
-
-
-class TestContainerBackendConfigBlock(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self):
-        return ContainerBackendConfig
-
-    def test_has_a_valid_image(self, block):
-        assert str(block._logo_url).startswith("https://")
-
-
-class TestTrainingRuntimeSourceBlock(BlockStandardTestSuite):
-    @pytest.fixture
-    def block(self):
-        return TrainingRuntimeSource
-
-    def test_has_a_valid_image(self, block):
         assert str(block._logo_url).startswith("https://")
 
 

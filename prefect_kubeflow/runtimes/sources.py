@@ -185,8 +185,8 @@ class PathSource(Source):
         result = SourceResult()
         for path in self.files():
             try:
-                if path.stat().st_size > http.max_bytes:
-                    size = path.stat().st_size
+                size = path.stat().st_size
+                if size > http.max_bytes:
                     result.errors.append(
                         RuntimeParseError(
                             str(path), f"{size} bytes is over the limit of {http.max_bytes} bytes"
