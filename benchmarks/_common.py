@@ -42,6 +42,21 @@ def isolated_home() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def supervisor_of(name: str, timeout: float = 300.0) -> tuple[int, int, str]:
+    """(pid, start time, flow run id) of the process running job `name`'s flow, read from
+    the labels of its flow run, as the client finds it."""
+    from prefect_kubeflow.flows.runs import SUPERVISOR_LABEL, find_flow_runs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = find_flow_runs([name]).get(name)
+        if run is not None and SUPERVISOR_LABEL in (run.labels or {}):
+            _, pid, start = str(run.labels[SUPERVISOR_LABEL]).split(":")
+            return int(pid), int(start), str(run.id)
+        time.sleep(0.1)
+    raise TimeoutError(f"no flow run of {name} named its process within {timeout} s")
+
+
 def bare_torchrun_first_line(script: Path, nnodes: int = 1) -> float:
     """Seconds from starting bare torchrun on `script` to its first stdout line."""
     start = time.perf_counter()

@@ -10,7 +10,6 @@ scripts/build-test-image.sh).
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import isolated_home
+from _common import isolated_home, supervisor_of
 
 IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
 NODES = 4
@@ -72,12 +71,12 @@ def ours(client: Any) -> tuple[float, float]:
 
     start = time.perf_counter()
     name = client.train(trainer=CustomTrainer(func=print_first_line, num_nodes=NODES))
-    owner = json.loads((Path(client.backend.jobs_dir) / name / "owner.json").read_text())
     peak = [0]
 
     def sample() -> None:
-        status = Path(f"/proc/{owner['pid']}/status")
-        while processes.is_alive(owner["pid"], owner["start"]):
+        pid, started, _ = supervisor_of(name)
+        status = Path(f"/proc/{pid}/status")
+        while processes.is_alive(pid, started):
             try:
                 for line in status.read_text().splitlines():
                     if line.startswith("VmHWM:"):

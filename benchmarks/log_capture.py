@@ -13,7 +13,6 @@ The baseline is the fastest bare run: stdout block-buffered into a file (no PYTH
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sqlite3
 import statistics
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import isolated_home
+from _common import isolated_home, supervisor_of
 
 
 def chatty(lines: int = 200_000, settle: float = 0.0):
@@ -92,10 +91,9 @@ def main(lines: int, repeats: int, settle: float) -> None:
         lost = 0
         upload_start = time.perf_counter()
         for name, node_lines in names:  # each supervisor exits once all its logs are uploaded
-            owner = json.loads((jobs_dir / name / "owner.json").read_text())
-            while processes.is_alive(owner["pid"], owner["start"]):
+            pid, started, flow_run_id = supervisor_of(name)
+            while processes.is_alive(pid, started):
                 time.sleep(0.5)
-            flow_run_id = json.loads((jobs_dir / name / "flow_run.json").read_text())["id"]
             lost += node_lines - api_count(home, flow_run_id)
         upload_wait = time.perf_counter() - upload_start
         for job in client.list_jobs():

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from prefect_kubeflow.blocks import (
         ContainerBackendConfig,
         LocalProcessBackendConfig,
+        TrainingBackendConfig,
         TrainingRuntimeSource,
     )
     from prefect_kubeflow.client import TrainerClient
@@ -27,12 +28,13 @@ if TYPE_CHECKING:
         TrainJob,
     )
 
-__version__ = "0.1.0"
+from prefect_kubeflow._version import __version__ as __version__  # re-exported
 
 _EXPORTS = {
     "TrainerClient": "prefect_kubeflow.client",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
     "ContainerBackendConfig": "prefect_kubeflow.blocks",
+    "TrainingBackendConfig": "prefect_kubeflow.blocks",
     "TrainingRuntimeSource": "prefect_kubeflow.blocks",
     "CustomTrainer": "prefect_kubeflow.types",
     "CustomTrainerContainer": "prefect_kubeflow.types",
@@ -55,6 +57,7 @@ __all__ = [
     "TrainJob",
     "TrainerClient",
     "TrainerType",
+    "TrainingBackendConfig",
     "TrainingRuntimeSource",
 ]
 

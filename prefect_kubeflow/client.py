@@ -13,14 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from prefect.context import FlowRunContext
-from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Cancelled, Crashed, State
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends import backend_for
 from prefect_kubeflow.backends.base import JobSpec
-from prefect_kubeflow.blocks import BACKEND_CONFIGS, BackendConfig, LocalProcessBackendConfig
+from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
 from prefect_kubeflow.errors import (
+    BackendError,
     InvalidInputError,
     InvalidRuntimeError,
     InvalidStatusError,
@@ -28,9 +26,8 @@ from prefect_kubeflow.errors import (
     JobTimeoutError,
     StepNotFoundError,
 )
-from prefect_kubeflow.flows import server
-from prefect_kubeflow.flows.supervisor import supervisor_command
-from prefect_kubeflow.flows.trainjob import backend_settings, close_flow_run, run_trainjob
+from prefect_kubeflow.flows import runs, supervisor
+from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
 from prefect_kubeflow.types import (
     CustomTrainer,
@@ -41,6 +38,8 @@ from prefect_kubeflow.types import (
 )
 
 _END = object()
+# How long a deleted job's flow run gets to close itself (its tasks see the job gone).
+DELETE_SETTLE_SECONDS = 30.0
 
 
 def _job_name() -> str:
@@ -55,21 +54,21 @@ class TrainerClient:
     """Create, watch and delete Kubeflow TrainJobs; each one runs as a Prefect flow run.
 
     Args:
-        backend_config: Where nodes run: `LocalProcessBackendConfig` (the default) or
-            `ContainerBackendConfig`.
+        backend_config: Where nodes run: `LocalProcessBackendConfig` (the default),
+            `ContainerBackendConfig`, or any other `TrainingBackendConfig` block.
 
     Raises:
-        InvalidInputError: `backend_config` is not a supported backend configuration.
+        InvalidInputError: `backend_config` is not a backend configuration block.
     """
 
-    def __init__(self, backend_config: BackendConfig | None = None) -> None:
+    def __init__(self, backend_config: TrainingBackendConfig | None = None) -> None:
         self.backend_config = backend_config or LocalProcessBackendConfig()
-        self._kind = type(self.backend_config).__name__
-        if self._kind not in BACKEND_CONFIGS:
+        if not isinstance(self.backend_config, TrainingBackendConfig):
             raise InvalidInputError(
-                f"backend_config must be one of {sorted(BACKEND_CONFIGS)}, got {backend_config!r}"
+                "backend_config must be a backend configuration block such as "
+                f"LocalProcessBackendConfig or ContainerBackendConfig, got {backend_config!r}"
             )
-        self.backend = backend_for(self._kind, backend_settings(self.backend_config))
+        self.backend = self.backend_config.get_backend()
         source = self.backend_config.runtime_source
         self.runtimes = source.get_catalog() if source is not None else RuntimeCatalog()
 
@@ -123,6 +122,51 @@ class TrainerClient:
 
     # -- jobs --------------------------------------------------------------------------------
 
+    def build_spec(
+        self,
+        trainer: CustomTrainer | CustomTrainerContainer | None,
+        runtime: str | Runtime | None = None,
+    ) -> JobSpec:
+        """The validated spec of a TrainJob running `trainer` on `runtime`, with a new name;
+        nothing is created. `train()` creates it; a deployment or a task runner hands it to the
+        ``trainjob`` flow.
+
+        Raises:
+            InvalidInputError: `trainer` is invalid.
+            RuntimeNotFoundError: `runtime` names no known runtime.
+            InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend.
+        """
+        if not isinstance(trainer, CustomTrainer):
+            raise InvalidInputError(f"trainer must be a CustomTrainer, got {trainer!r}")
+        trainer.validate()  # again: the dataclass may have been changed since it was built
+        runtime_spec = self._runtime_spec(runtime)
+        # The runtime's numNodes, numProcPerNode, resources and env are defaults; the
+        # trainer's num_nodes, resources_per_node (cpu/gpu decide the processes per node, as
+        # for numProcPerNode "auto") and env override them.
+        resources = dict(trainer.resources_per_node or runtime_spec.resources)
+        overrides_nproc = bool(
+            trainer.resources_per_node
+            and {constants.CPU_LABEL, "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
+        )
+        runtime = runtime_spec.runtime
+        return JobSpec(
+            name=_job_name(),
+            runtime_name=runtime.name,
+            framework=runtime.trainer.framework,
+            image=runtime.trainer.image,
+            runtime_origin=runtime.origin,
+            runtime_num_nodes=runtime.trainer.num_nodes,
+            num_nodes=trainer.num_nodes or runtime.trainer.num_nodes,
+            num_proc_per_node="auto" if overrides_nproc else runtime_spec.num_proc_per_node,
+            function_name=trainer.func.__name__,
+            function_source=textwrap.dedent(inspect.getsource(trainer.func)),
+            func_args=dict(trainer.func_args or {}),
+            packages_to_install=list(trainer.packages_to_install or []),
+            pip_index_urls=list(trainer.pip_index_urls),
+            env={**runtime_spec.env, **(trainer.env or {})},
+            resources_per_node=resources,
+        )
+
     def train(
         self,
         runtime: str | Runtime | None = None,
@@ -150,80 +194,38 @@ class TrainerClient:
             raise InvalidInputError(
                 "initializer and options are not supported by prefect-kubeflow's backends yet"
             )
-        if not isinstance(trainer, CustomTrainer):
-            raise InvalidInputError(f"trainer must be a CustomTrainer, got {trainer!r}")
-        trainer.validate()  # again: the dataclass may have been changed since it was built
-        runtime_spec = self._runtime_spec(runtime)
-        # The runtime's numNodes, numProcPerNode, resources and env are defaults; the
-        # trainer's num_nodes, resources_per_node (cpu/gpu decide the processes per node, as
-        # for numProcPerNode "auto") and env override them.
-        resources = dict(trainer.resources_per_node or runtime_spec.resources)
-        overrides_nproc = bool(
-            trainer.resources_per_node
-            and {constants.CPU_LABEL, "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
-        )
-        spec = JobSpec(
-            name=_job_name(),
-            runtime=runtime_spec.runtime,
-            num_nodes=trainer.num_nodes or runtime_spec.runtime.trainer.num_nodes,
-            num_proc_per_node="auto" if overrides_nproc else runtime_spec.num_proc_per_node,
-            function_name=trainer.func.__name__,
-            function_source=textwrap.dedent(inspect.getsource(trainer.func)),
-            func_args=dict(trainer.func_args or {}),
-            packages_to_install=list(trainer.packages_to_install or []),
-            pip_index_urls=list(trainer.pip_index_urls),
-            env={**runtime_spec.env, **(trainer.env or {})},
-            resources_per_node=resources,
-        )
-        settings = backend_settings(self.backend_config)
+        spec = self.build_spec(trainer, runtime)
+        # Created here, so that the backend's errors (engine, image, name) reach the caller and
+        # nothing is left of a job that could not start; the flow then finds it made.
+        self.backend.create(spec)
         if FlowRunContext.get() is not None:
-            self.backend.create_job(spec, supervisor=None)
-            try:
-                run_trainjob(spec.name, self.backend_config)
-            finally:
-                if getattr(self.backend_config, "auto_remove", False):
-                    self.backend.delete_job(spec.name)  # ended and forwarded: nothing is kept
+            run_trainjob(spec.name, self.backend_config)
             return spec.name
-        api_url = PREFECT_API_URL.value() or ""
-        command = supervisor_command(spec.name, self._kind, settings, api_url)
-        self.backend.create_job(spec, supervisor=command)
+        try:
+            supervisor.launch(spec.name, self.backend_config, runs.api_url() or "")
+        except OSError as exc:
+            self.backend.delete(spec.name)
+            raise BackendError(f"the supervisor of TrainJob {spec.name!r} could not start") from exc
         return spec.name
 
     def list_jobs(self, runtime: Runtime | None = None) -> list[TrainJob]:
         """Every TrainJob of this backend, oldest first; only `runtime`'s if given."""
         jobs = self.backend.list_jobs()
-        for job in jobs:
-            self._close_lost_flow_run(job)
+        runs.close_lost_flow_runs(job.name for job in jobs)
         if runtime is not None:
             jobs = [job for job in jobs if job.runtime.name == runtime.name]
         return jobs
 
     def get_job(self, name: str) -> TrainJob:
-        """The TrainJob `name`, with its steps and status as they are now.
+        """The TrainJob `name`, with its steps and status as they are now. Its flow run, if the
+        process running it died, is closed Crashed.
 
         Raises:
             JobNotFoundError: No TrainJob has this name.
         """
-        job = self.backend.get_job(name)
-        self._close_lost_flow_run(job)
+        job = self.backend.get(name)
+        runs.close_lost_flow_runs([name])
         return job
-
-    def _close_lost_flow_run(self, job: TrainJob) -> None:
-        """A flow run whose supervising process died cannot close itself: mark it Crashed."""
-        if job.status != constants.TRAINJOB_FAILED:
-            return
-        flow_run_id = self.backend.lost_flow_run_id(job.name)
-        if flow_run_id and self._close_flow_run(flow_run_id, Crashed(message=job.message)):
-            self.backend.set_flow_run(job.name, flow_run_id, closed=True)
-
-    def _close_flow_run(self, flow_run_id: str, state: State) -> bool:
-        """Give the flow run its final state; False when no Prefect API is at hand."""
-        api_url = PREFECT_API_URL.value() or server.running_server_url()
-        if not api_url:
-            return False
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            close_flow_run(flow_run_id, state)
-        return True
 
     def get_job_logs(
         self,
@@ -250,7 +252,7 @@ class TrainerClient:
             JobNotFoundError: No TrainJob has this name.
             StepNotFoundError: The job has no such step.
         """
-        job = self.backend.get_job(name)
+        job = self.backend.get(name)
         steps = [s.name for s in job.steps]
         if step is not None and node_index is not None:
             raise InvalidInputError("give step or node_index, not both")
@@ -357,13 +359,15 @@ class TrainerClient:
             time.sleep(min(polling_interval, remaining))
 
     def delete_job(self, name: str) -> None:
-        """Stop the TrainJob if it runs (every process of it), remove its records, and mark
-        its flow run Cancelled.
+        """Stop the TrainJob if it runs (every node of it), remove its records, and let its
+        flow run end Cancelled.
 
         Raises:
             JobNotFoundError: No TrainJob has this name.
         """
-        flow_run_id = self.backend.flow_run_id(name)
-        self.backend.delete_job(name)
-        if flow_run_id is not None:
-            self._close_flow_run(flow_run_id, Cancelled(message=f"TrainJob {name!r} was deleted"))
+        self.backend.get(name)
+        flow_run = runs.find_flow_runs([name]).get(name)
+        self.backend.delete(name)
+        if flow_run is not None:
+            runs.await_deleted(flow_run, timeout=DELETE_SETTLE_SECONDS)
+        supervisor.log_path(name).unlink(missing_ok=True)

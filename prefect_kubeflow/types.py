@@ -100,20 +100,20 @@ def _check_resources(resources: Any) -> None:
             try:
                 if isinstance(value, bool) or memory_bytes(value) < 0:
                     raise ValueError(value)
-            except ValueError:
+            except ValueError as exc:
                 raise InvalidInputError(
                     f"resources_per_node['memory'] must be like '4Gi', '512M' or bytes, "
                     f"got {value!r}"
-                ) from None
+                ) from exc
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise InvalidInputError(f"resources_per_node[{key!r}] must be a number, got {value!r}")
         try:
             number = quantity(value)
-        except ValueError:
+        except ValueError as exc:
             raise InvalidInputError(
                 f"resources_per_node[{key!r}] must be a number, got {value!r}"
-            ) from None
+            ) from exc
         if number < 0:
             raise InvalidInputError(f"resources_per_node[{key!r}] must be >= 0, got {value!r}")
 
@@ -132,7 +132,7 @@ def _check_packages(packages: Any) -> None:
             raise InvalidPackageSpecError(
                 f"packages_to_install entry {spec!r} is not a valid requirement (PEP 508, e.g. "
                 f"'numpy>=1.26'): {exc}"
-            ) from None
+            ) from exc
 
 
 def _check_index_urls(urls: Any) -> None:
@@ -163,7 +163,7 @@ def _check_function(func: Any) -> None:
     except (OSError, TypeError) as exc:
         raise InvalidFunctionError(
             f"the source of func {func.__name__!r} is not available ({exc}); define it in a file"
-        ) from None
+        ) from exc
 
 
 def _check_func_args(func: Callable[..., Any], func_args: Any) -> None:
@@ -177,7 +177,7 @@ def _check_func_args(func: Callable[..., Any], func_args: Any) -> None:
         raise InvalidFuncArgsError(
             f"func_args must be JSON-serialisable (str, numbers, bools, None, lists, dicts with "
             f"str keys): {exc}"
-        ) from None
+        ) from exc
     if json.loads(encoded) != func_args:
         raise InvalidFuncArgsError(
             f"func_args {func_args!r} does not survive a JSON round trip (tuples or non-str keys?)"
@@ -188,7 +188,7 @@ def _check_func_args(func: Callable[..., Any], func_args: Any) -> None:
         raise InvalidFuncArgsError(
             f"func_args {sorted(func_args)} do not match {func.__name__}"
             f"{inspect.signature(func)}: {exc}"
-        ) from None
+        ) from exc
 
 
 @dataclass

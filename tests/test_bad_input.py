@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from training_functions import print_env, takes_two
 
-from prefect_kubeflow import CustomTrainer, CustomTrainerContainer, Runtime
+from prefect_kubeflow import CustomTrainer, CustomTrainerContainer, Runtime, TrainerClient
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
     InvalidFuncArgsError,
@@ -16,7 +16,6 @@ from prefect_kubeflow.errors import (
     InvalidInputError,
     InvalidPackageSpecError,
     InvalidStatusError,
-    JobNotFoundError,
     RuntimeNotFoundError,
     StepNotFoundError,
 )
@@ -130,18 +129,6 @@ def test_a_trainer_changed_after_it_was_built_is_checked_again(client, jobs_dir)
     _assert_nothing_created(client, jobs_dir)
 
 
-def test_unknown_job_names_for_every_method(client):
-    for call in (
-        lambda: client.get_job("nope"),
-        lambda: client.get_job_logs("nope"),
-        lambda: client.wait_for_job_status("nope", timeout=1),
-        lambda: client.delete_job("nope"),
-        lambda: client.get_job("../etc"),
-    ):
-        with pytest.raises(JobNotFoundError, match=r"TrainJob '(nope|\.\./etc)' not found"):
-            call()
-
-
 def test_wait_and_logs_arguments(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=print_env))
     with pytest.raises(InvalidStatusError, match=r"'Done'.*allowed: \['Complete', 'Created'"):
@@ -199,3 +186,8 @@ def test_no_process_or_folder_outlives_a_rejected_train(client, jobs_dir):
         client.train(runtime="missing", trainer=CustomTrainer(func=print_env))
     assert _children() == before
     _assert_nothing_created(client, jobs_dir)
+
+
+def test_a_backend_config_must_be_a_backend_block():
+    with pytest.raises(InvalidInputError, match="backend_config must be a backend configuration"):
+        TrainerClient(backend_config=object())

@@ -6,8 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import wait_for
-from prefect.client.orchestration import get_client
+from conftest import flow_run_of, wait_for
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_kubeflow.backends import processes
@@ -53,19 +52,11 @@ def test_jobs_without_an_api_url_share_one_local_server(tmp_path):
         server = json.loads(wait_for(lambda: state.exists() and state.read_text(), 120, "server"))
         server_pid = server["pid"]
         assert server["url"].startswith("http://127.0.0.1:")
-        flow_run_ids = []
-        for name in names:
-            owner = json.loads((jobs_dir / name / "owner.json").read_text())
-            wait_for(lambda o=owner: not processes.is_alive(o["pid"], o["start"]), 180, "exit")
-            flow_run_ids.append(json.loads((jobs_dir / name / "flow_run.json").read_text())["id"])
         # Both jobs' flow runs live on that one server: it was started once and reused.
-        with (
-            temporary_settings({PREFECT_API_URL: server["url"]}),
-            get_client(sync_client=True) as prefect,
-        ):
-            runs = [prefect.read_flow_run(run_id) for run_id in flow_run_ids]
+        with temporary_settings({PREFECT_API_URL: server["url"]}):
+            runs = [flow_run_of(name, final=True) for name in names]
         assert [run.name for run in runs] == names
-        assert all(run.state is not None and run.state.is_completed() for run in runs)
+        assert all(run.state.is_completed() for run in runs)
         assert json.loads(state.read_text())["pid"] == server_pid
     finally:
         stop = subprocess.run(

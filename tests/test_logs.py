@@ -1,11 +1,9 @@
 """Node logs: split, coalesced, ordered, followed live, forwarded to the Prefect API."""
 
-import json
-import threading
 import time
 
-from conftest import read_task_run_logs, wait_for, wait_supervisor_exit
-from training_functions import many_lines, print_streams, wait_for_file
+from conftest import flow_run_of, read_task_run_logs, wait_supervisor_exit
+from training_functions import many_lines, print_streams
 
 from prefect_kubeflow import CustomTrainer
 from prefect_kubeflow.backends.logfile import (
@@ -80,9 +78,8 @@ def test_stderr_reaches_the_api_at_warning_in_file_order(client, jobs_dir):
     assert [line for line in lines if line.startswith("err ")] == ["err 0", "err 1", "err 2"]
     assert "progress 100%" in lines and not any("50%" in line for line in lines)
 
-    wait_supervisor_exit(jobs_dir, name)
-    flow_run_id = json.loads((jobs_dir / name / "flow_run.json").read_text())["id"]
-    logs = read_task_run_logs(flow_run_id, "node-0")
+    wait_supervisor_exit(name)  # it exits once every line is uploaded
+    logs = read_task_run_logs(flow_run_of(name, final=True).id, "node-0")
     # Every line of the node file, in the file's order, stderr at WARNING.
     assert [log.message for log in logs] == lines
     # Stamped when the node wrote them (the file's times), strictly increasing.
@@ -99,44 +96,15 @@ def test_stderr_reaches_the_api_at_warning_in_file_order(client, jobs_dir):
 def test_every_line_reaches_the_api(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=many_lines, func_args={"count": 3000}))
     client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
-    wait_supervisor_exit(jobs_dir, name)
-    flow_run_id = json.loads((jobs_dir / name / "flow_run.json").read_text())["id"]
-    messages = [log.message for log in read_task_run_logs(flow_run_id, "node-0")]
+    wait_supervisor_exit(name)  # it exits once every line is uploaded
+    messages = [
+        log.message for log in read_task_run_logs(flow_run_of(name, final=True).id, "node-0")
+    ]
     assert [m for m in messages if m.startswith("line ")] == [f"line {i}" for i in range(3000)]
     assert list(client.get_job_logs(name, step="node-0", tail_lines=2)) == [
         "line 2998\n",
         "line 2999\n",
     ]
-
-
-def test_follow_yields_lines_while_the_node_runs(client, tmp_path):
-    release = tmp_path / "release"
-    name = client.train(
-        trainer=CustomTrainer(
-            func=wait_for_file, func_args={"path": str(release), "text": "node is up"}, num_nodes=2
-        )
-    )
-    seen: list[str] = []
-    released = threading.Event()
-
-    def consume():
-        for line in client.get_job_logs(name, follow=True):
-            seen.append(line)
-            # The file is created only after both nodes' first lines were streamed: the
-            # stream is live, not replayed when the job ends.
-            if sum("node is up" in s for s in seen) == 2 and not released.is_set():
-                release.touch()
-                released.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    reader.join(timeout=180)
-    assert not reader.is_alive()
-    assert released.is_set()
-    for node in (0, 1):
-        assert f"[node-{node}] node is up\n" in seen
-        assert f"[node-{node}] released\n" in seen
-    wait_for(lambda: client.get_job(name).status == "Complete", 60, "job to complete")
 
 
 def test_following_one_node_ends_with_the_node(client):
@@ -145,26 +113,3 @@ def test_following_one_node_ends_with_the_node(client):
     assert [line for line in lines if line.startswith("line ")] == [
         f"line {i}\n" for i in range(50)
     ]
-
-
-def test_leaving_a_follow_early_does_not_wait_for_the_job(client, tmp_path):
-    release = tmp_path / "release"
-    name = client.train(
-        trainer=CustomTrainer(func=wait_for_file, func_args={"path": str(release)}, num_nodes=2)
-    )
-    stopped = threading.Event()
-
-    def follow_until_first_line():
-        stream = client.get_job_logs(name, follow=True)
-        for _ in stream:
-            break
-        stream.close()  # the job still runs: this must not block until it ends
-        stopped.set()
-
-    reader = threading.Thread(target=follow_until_first_line, daemon=True)
-    reader.start()
-    reader.join(timeout=120)
-    assert stopped.is_set()
-    assert client.get_job(name).status in ("Created", "Running")
-    release.touch()
-    wait_for(lambda: client.get_job(name).status == "Complete", 120, "job to complete")

@@ -3,9 +3,11 @@ indexes, a GitHub-API-shaped server, TLS, the cache with its TTL, fallbacks and 
 
 from __future__ import annotations
 
+import traceback
 import warnings
 
 import pytest
+import yaml
 from runtime_servers import (
     KUSTOMIZATION,
     Clock,
@@ -270,6 +272,27 @@ def test_github_token_is_sent_to_the_api_and_never_shown(tmp_path, clock):
     assert "ghp_s3cret" not in block.model_dump_json()
 
 
+def test_errors_keep_their_cause_except_a_request_holding_the_token(tmp_path, clock):
+    bad = tmp_path / "malformed.yaml"
+    bad.write_bytes(b"kind: [unclosed")
+    listing = catalog(
+        [str(bad), "github://o/r"],
+        tmp_path,
+        clock,
+        github_api_url="http://127.0.0.1:9",  # nothing listens: connection refused
+        github_token="ghp_s3cret",
+    ).load()
+    parse_error, fetch_error = listing.errors
+    assert isinstance(parse_error.__cause__, yaml.YAMLError)
+    # A requests exception keeps its request, headers and token included: it is never shown.
+    assert isinstance(fetch_error, RuntimeFetchError) and fetch_error.__cause__ is None
+    shown = "".join(
+        traceback.format_exception(type(fetch_error), fetch_error, fetch_error.__traceback__)
+    )
+    assert "cannot connect to 127.0.0.1:9" in shown and "ghp_s3cret" not in shown
+    assert "direct cause" not in shown and "During handling" not in shown
+
+
 # -- cache ----------------------------------------------------------------------------------------
 
 
@@ -485,9 +508,9 @@ def test_a_file_that_fails_to_fetch_never_replaces_a_good_cached_copy(tmp_path, 
 
 
 def test_github_limits_files_across_folders(tmp_path, clock, monkeypatch):
-    from prefect_kubeflow.runtimes import sources
+    from prefect_kubeflow.runtimes import github
 
-    monkeypatch.setattr(sources, "MAX_FILES", 3)
+    monkeypatch.setattr(github, "MAX_FILES", 3)
     repo = {f"r/{d}/{f}.yaml": runtime_yaml(f"{d}-{f}").encode() for d in "xyz" for f in "ab"}
     with github_server({("o", "many", "main"): repo}) as api:
         listing = catalog(["github://o/many/r"], tmp_path, clock, github_api_url=api.url).load()

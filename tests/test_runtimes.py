@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import owner_pid
+from conftest import wait_for
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 from runtime_servers import runtime_doc, runtime_yaml
-from training_functions import rank_env
+from training_functions import rank_env, wait_for_file
 
 from prefect_kubeflow import (
     CustomTrainer,
@@ -122,7 +123,7 @@ def rank_lines(client, name, step=None) -> list[str]:
     return sorted(line.rstrip("\n") for line in lines if line.startswith("rank="))
 
 
-def test_the_runtime_sets_nodes_processes_and_env(client, runtimes_dir, jobs_dir):
+def test_the_runtime_sets_nodes_processes_and_env(client, runtimes_dir):
     listed = {r.name: r for r in client.list_runtimes()}
     assert list(listed) == ["team-ddp", "team-mpi", "team-tune", "torch-distributed"]
     assert listed["team-ddp"].origin == str(runtimes_dir / "ddp.yaml")
@@ -134,13 +135,45 @@ def test_the_runtime_sets_nodes_processes_and_env(client, runtimes_dir, jobs_dir
     assert rank_lines(client, name, "node-0") + rank_lines(client, name, "node-1") == [
         f"rank={rank} local_world=2 PK_TEST_VAR=from-runtime" for rank in range(4)
     ]
-    # The runtime source (with its token) never reaches the supervisor's argv or the job files.
-    pid, _ = owner_pid(jobs_dir, name)
+
+
+def package_argvs() -> dict[int, bytes]:
+    """The argv of every live process (but this one) that runs code of this package."""
+    argvs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if b"prefect_kubeflow" in argv:
+            argvs[int(entry.name)] = argv
+    return argvs
+
+
+def test_the_token_never_reaches_an_argv_or_the_job_files(client, jobs_dir, tmp_path):
+    release = tmp_path / "release"
+    name = client.train(
+        runtime="team-ddp",
+        trainer=CustomTrainer(func=wait_for_file, func_args={"path": str(release)}),
+    )
+    try:
+        # Read the argvs while the nodes wait for `release`: the job's processes are alive then.
+        wait_for(
+            lambda: any("waiting" in line for line in client.get_job_logs(name, step="node-0")),
+            180,
+            "node-0 to start training",
+        )
+        argvs = package_argvs()
+    finally:
+        release.touch()  # the job ends, whatever failed above
+    assert client.wait_for_job_status(name, timeout=180).status == constants.TRAINJOB_COMPLETE
+    assert argvs, "no process of this package was alive while the job ran"
+    assert [pid for pid, argv in argvs.items() if b"ghp_never_in_argv" in argv] == []
     assert "ghp_never_in_argv" not in " ".join(
         path.read_text(errors="replace") for path in (jobs_dir / name).rglob("*") if path.is_file()
     )
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    assert not cmdline.exists() or b"ghp_never_in_argv" not in cmdline.read_bytes()
 
 
 def test_the_trainer_overrides_the_runtime(client):

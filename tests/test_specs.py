@@ -41,3 +41,103 @@ def test_the_node_command_is_an_argv_list():
         "--nproc_per_node", "4", "--master_addr", "127.0.0.1", "--master_port", "29500",
         str(ENTRYPOINT), "/jobs/a b; rm",
     ]  # fmt: skip
+
+
+def _job(**overrides):
+    from prefect_kubeflow.backends.base import JobRecord, JobSpec
+
+    spec = JobSpec(
+        name="abc123",
+        runtime_name="torch-distributed",
+        framework="torch",
+        image="img:1",
+        num_nodes=2,
+        num_proc_per_node=2,
+        function_name="train",
+        function_source="def train(): pass\n",
+        **overrides,
+    )
+    record = JobRecord(
+        name=spec.name,
+        created="2026-01-01T00:00:00+00:00",
+        runtime_name=spec.runtime_name,
+        runtime_origin=None,
+        framework="torch",
+        image="img:1",
+        runtime_num_nodes=1,
+        num_nodes=2,
+        nproc_per_node=2,
+        device="cpu",
+    )
+    return spec, record
+
+
+def test_container_node_specs_are_built_without_an_engine():
+    from prefect_kubeflow.backends.base import JobRecord
+    from prefect_kubeflow.backends.container.specs import (
+        RECORD_LABEL,
+        ContainerSettings,
+        build_node_specs,
+    )
+
+    spec, record = _job(
+        env={"A": "1; rm -rf /"},
+        resources_per_node={"cpu": "1500m", "memory": "2Gi", "gpu": 1},
+        packages_to_install=["tinypkg==1.0"],
+        pip_index_urls=["https://user:secret@index.example/simple"],
+    )
+    settings = ContainerSettings(
+        env={"A": "block", "B": "2"}, volumes=("/data:/data:ro",), shm_size="1g"
+    )
+    nodes = build_node_specs(spec, record, settings, "docker", Path("/jobs/abc123"), {})
+    assert [n.name for n in nodes] == ["abc123-node-0", "abc123-node-1"]
+    node1 = nodes[1]
+    assert node1.network == "abc123-net" and node1.image == "img:1"
+    assert node1.labels["trainer.kubeflow.org/trainjob-name"] == "abc123"
+    assert node1.labels["trainer.kubeflow.org/step"] == "node-1"
+    assert JobRecord.from_json(node1.labels[RECORD_LABEL]) == record
+    # The trainer's env wins over the block's; pip's index (credentials) is in the env only.
+    assert node1.env["A"] == "1; rm -rf /" and node1.env["B"] == "2"
+    assert node1.env["PIP_INDEX_URL"] == "https://user:secret@index.example/simple"
+    assert not any("secret" in part for part in node1.command)
+    command = node1.command
+    assert command[command.index("--node_rank") + 1] == "1"
+    assert command[command.index("--master_addr") + 1] == "abc123-node-0"
+    assert command[command.index("--nproc_per_node") + 1] == "2"
+    assert '["python3", "-m", "pip", "install", "--no-input", "tinypkg==1.0"]' in command
+    assert (node1.nano_cpus, node1.mem_limit, node1.shm_size) == (1_500_000_000, 2 * 1024**3, "1g")
+    assert (node1.gpu_driver, node1.gpu_ids) == ("nvidia", ["1"])  # each node its own GPU
+    assert node1.binds[0] == "/jobs/abc123/nodes:/pk-job:rw"
+    assert node1.binds[-1] == "/data:/data:ro"
+    podman = build_node_specs(spec, record, settings, "podman", Path("/jobs/abc123"), {})
+    assert (podman[0].gpu_driver, podman[0].gpu_ids) == ("cdi", ["nvidia.com/gpu=0"])
+
+
+@pytest.mark.parametrize(
+    ("phases", "status"),
+    [
+        (["Pending", "Pending"], "Created"),
+        (["Running", "Pending"], "Running"),
+        (["Succeeded", "Running"], "Running"),
+        (["Succeeded", "Succeeded"], "Complete"),
+        (["Succeeded", "Failed"], "Failed"),
+        (["Running", "Failed"], "Failed"),
+    ],
+)
+def test_node_phases_roll_up_to_one_job_status(phases, status):
+    from prefect_kubeflow.backends.base import roll_up
+
+    assert roll_up(phases) == status
+
+
+def test_the_failure_message_is_the_first_failed_node_s():
+    from prefect_kubeflow.backends.base import NodeState, to_trainjob
+
+    _, record = _job()
+    job = to_trainjob(
+        record,
+        [NodeState("Failed", ended_at=20.0), NodeState("Failed", ended_at=10.0)],
+        lambda index: f"node-{index} broke",
+    )
+    assert (job.status, job.message) == ("Failed", "node-1 broke")
+    assert [s.pod_name for s in job.steps] == ["abc123-node-0", "abc123-node-1"]

@@ -1,19 +1,6 @@
 """Training functions the tests ship to nodes (each must be self-contained)."""
 
 
-def ddp_all_reduce(marker: str = "sum"):
-    import torch
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    total = torch.tensor([float(rank + 1)])
-    dist.all_reduce(total)
-    print(f"rank={rank} world={world} {marker}={total.item():.0f}")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 def print_streams(count: int = 3):
     import sys
 
@@ -82,3 +69,23 @@ def rank_env(name: str = "PK_TEST_VAR"):
         f"rank={os.environ['RANK']} local_world={os.environ['LOCAL_WORLD_SIZE']} "
         f"{name}={os.environ.get(name)}"
     )
+
+
+def ddp_report(marker: str = "sum"):
+    """A 2x2-able DDP step that also writes to stderr and draws a progress bar."""
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    print(f"rank={rank} world={world} {marker}={total.item():.0f}")
+    print(f"warning from rank={rank}", file=sys.stderr)
+    if rank == 0:
+        sys.stdout.write("progress 10%\rprogress 50%\rprogress 100%\n")
+        sys.stdout.flush()
+    dist.barrier()
+    dist.destroy_process_group()

@@ -1,12 +1,13 @@
-"""Backends, looked up by the name of their configuration block; each imported only when used.
+"""The backend registry: a kind of backend, and where its implementation lives.
 
-Backends take the block's fields as a plain mapping, so a process can run a backend without
-importing Prefect (the detached supervisor starts nodes before it does).
+A backend module is imported only when a job uses it, so ``import prefect_kubeflow`` imports
+neither the Docker nor the Kubernetes client. Each configuration block hands its kind and a
+frozen settings object to `load_backend` (``config.get_backend()``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from prefect_kubeflow.errors import InvalidInputError
@@ -14,17 +15,21 @@ from prefect_kubeflow.errors import InvalidInputError
 if TYPE_CHECKING:
     from prefect_kubeflow.backends.base import Backend
 
-SUPPORTED = ("LocalProcessBackendConfig", "ContainerBackendConfig")
+# kind -> "module:class"; a new backend is one line here.
+BACKENDS: dict[str, str] = {
+    "local": "prefect_kubeflow.backends.local:LocalProcessBackend",
+    "container": "prefect_kubeflow.backends.container.backend:ContainerBackend",
+}
 
 
-def backend_for(kind: str, settings: Mapping[str, Any]) -> Backend:
-    """The backend configured by a `kind` block whose fields are `settings`."""
-    if kind == "LocalProcessBackendConfig":
-        from prefect_kubeflow.backends.local import LocalProcessBackend
+def load_backend(kind: str, settings: Any) -> Backend:
+    """The backend of `kind`, built from its frozen `settings`.
 
-        return LocalProcessBackend.from_settings(settings)
-    if kind == "ContainerBackendConfig":
-        from prefect_kubeflow.backends.container.backend import ContainerBackend
-
-        return ContainerBackend.from_settings(settings)
-    raise InvalidInputError(f"backend config {kind!r} is not supported; use one of {SUPPORTED}")
+    Raises:
+        InvalidInputError: no backend of that kind is registered.
+    """
+    if kind not in BACKENDS:
+        raise InvalidInputError(f"backend kind {kind!r} is not one of {sorted(BACKENDS)}")
+    module, _, cls = BACKENDS[kind].partition(":")
+    backend: Backend = getattr(importlib.import_module(module), cls)(settings)
+    return backend

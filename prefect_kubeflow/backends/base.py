@@ -1,80 +1,224 @@
-"""The contract every backend implements, and the plain request it receives.
+"""The contract every backend implements: six operations, and the invariants they share.
 
-Waiting, polling, log interleaving and input validation live once above this protocol (in the
-client and the flow), never in a backend.
+A backend knows where nodes run and nothing of Prefect or of the client: waiting, polling, log
+interleaving, input validation and flow runs live once above it. State is always read back from
+the backend's own records (files, container labels, the TrainJob object), never kept in memory,
+so any process sees the same jobs.
+
+Subclasses implement `create`, `describe`, `list_jobs`, `node_logs`, `stop` and `delete`;
+the base adds `get` (unknown name: `JobNotFoundError`) and an idempotent `ensure_created`. A job
+being deleted is gone at once (as a Kubernetes object with a deletion timestamp): its watchers
+then know it was deleted rather than failed. `to_trainjob` rolls node phases up to a job
+status, once for all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
+from prefect_kubeflow import constants
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.types import Runtime, TrainJob
+from prefect_kubeflow.errors import JobNotFoundError
+from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a backend needs to create a TrainJob, already validated."""
+    """Everything a backend needs to create a TrainJob, already validated by the client.
+
+    Plain fields only: a spec is also a flow run parameter (a deployment or a task runner runs a
+    TrainJob by handing the ``trainjob`` flow a spec).
+    """
 
     name: str
-    runtime: Runtime
+    runtime_name: str
+    framework: str
+    image: str
     num_nodes: int
     num_proc_per_node: int | str
     function_name: str
     function_source: str
+    runtime_origin: str | None = None
     func_args: dict[str, Any] = field(default_factory=dict)
     packages_to_install: list[str] = field(default_factory=list)
     pip_index_urls: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     resources_per_node: dict[str, Any] = field(default_factory=dict)
+    runtime_num_nodes: int = 1
 
 
 @dataclass(frozen=True)
-class SupervisorCommand:
-    """How to start a job's supervising process: its argv, and what it reads on stdin (the
-    backend settings: an argv is readable by every user of the machine, stdin is not)."""
+class JobRecord:
+    """What `get_job` shows that the engine does not know, kept with the job by every backend
+    (a file, a container label, a TrainJob annotation) as one JSON document."""
 
-    argv: list[str]
-    stdin: bytes = b""
+    name: str
+    created: str
+    runtime_name: str
+    runtime_origin: str | None
+    framework: str
+    image: str
+    runtime_num_nodes: int
+    num_nodes: int
+    nproc_per_node: int
+    device: str
+
+    @classmethod
+    def for_spec(cls, spec: JobSpec, image: str, nproc_per_node: int, device: str) -> JobRecord:
+        """The record of a job created now from `spec`, with what its backend resolved."""
+        return cls(
+            name=spec.name,
+            created=datetime.now(timezone.utc).isoformat(),
+            runtime_name=spec.runtime_name,
+            runtime_origin=spec.runtime_origin,
+            framework=spec.framework,
+            image=image,
+            runtime_num_nodes=spec.runtime_num_nodes,
+            num_nodes=spec.num_nodes,
+            nproc_per_node=nproc_per_node,
+            device=device,
+        )
+
+    def to_json(self) -> str:
+        """The record as one JSON document."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRecord:
+        """The record written by `to_json`."""
+        return cls(**json.loads(text))
 
 
-class Backend(Protocol):
-    """Where TrainJob nodes run. State is always read back from the backend's own records."""
+@dataclass(frozen=True)
+class NodeState:
+    """One node as its backend sees it: its phase (a ``STEP_*`` constant) and, once it ended,
+    when (any clock the backend's nodes share; only the order matters)."""
 
-    def create_job(self, spec: JobSpec, supervisor: SupervisorCommand | None) -> None:
-        """Record the job. With `supervisor`, start it detached to run the job;
-        without, the calling process runs it (`start_job`)."""
+    phase: str
+    ended_at: float = float("inf")
 
-    def start_job(self, name: str) -> None:
-        """Start the job's nodes in this process; a no-op if this process already did."""
 
-    def wait_node(self, name: str, node_index: int) -> int:
-        """Block until the node ends and its log is complete; return its exit code."""
+_ACTIVE = (constants.TRAINJOB_CREATED, constants.TRAINJOB_RUNNING)
 
-    def stop_job(self, name: str) -> None:
-        """Stop every node of the job now (gang teardown); keep its records."""
 
-    def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
-        """Remember the Prefect flow run that runs the job; `closed` once its run is over."""
+def roll_up(phases: Sequence[str]) -> str:
+    """The job's status from its nodes' phases: any Failed fails it, all Succeeded complete it,
+    any Running runs it, else it is Created."""
+    found = set(phases)
+    if constants.STEP_FAILED in found:
+        return constants.TRAINJOB_FAILED
+    if found == {constants.STEP_SUCCEEDED}:
+        return constants.TRAINJOB_COMPLETE
+    if constants.STEP_RUNNING in found or constants.STEP_SUCCEEDED in found:
+        return constants.TRAINJOB_RUNNING
+    return constants.TRAINJOB_CREATED
 
-    def get_job(self, name: str) -> TrainJob:
-        """The job as its records show it now."""
 
-    def flow_run_id(self, name: str) -> str | None:
-        """The id of the Prefect flow run that runs the job, once known."""
+def is_active(status: str) -> bool:
+    """Whether a job of this status may still have running nodes."""
+    return status in _ACTIVE
 
-    def lost_flow_run_id(self, name: str) -> str | None:
-        """The flow run of a job whose supervising process died before closing it."""
 
+def to_trainjob(
+    record: JobRecord, nodes: Sequence[NodeState], failure: Callable[[int], str]
+) -> TrainJob:
+    """The `TrainJob` every backend returns: steps from `nodes`, the rolled-up status, and for a
+    Failed job the message `failure(index)` of the node that failed first."""
+    steps = [
+        Step(
+            name=f"{constants.NODE}-{index}",
+            status=node.phase,
+            pod_name=f"{record.name}-{constants.NODE}-{index}",
+            device=record.device,
+            device_count=str(record.nproc_per_node),
+        )
+        for index, node in enumerate(nodes)
+    ]
+    status = roll_up([node.phase for node in nodes])
+    message = None
+    if status == constants.TRAINJOB_FAILED:
+        failed = [i for i, node in enumerate(nodes) if node.phase == constants.STEP_FAILED]
+        message = failure(min(failed, key=lambda i: nodes[i].ended_at))
+    trainer = RuntimeTrainer(
+        trainer_type=TrainerType.CUSTOM_TRAINER,
+        framework=record.framework,
+        image=record.image,
+        num_nodes=record.runtime_num_nodes,
+        device=record.device,
+        device_count=str(record.nproc_per_node),
+    )
+    return TrainJob(
+        name=record.name,
+        runtime=Runtime(name=record.runtime_name, trainer=trainer, origin=record.runtime_origin),
+        steps=steps,
+        num_nodes=record.num_nodes,
+        creation_timestamp=datetime.fromisoformat(record.created),
+        status=status,
+        message=message,
+    )
+
+
+class Backend(ABC):
+    """Where TrainJob nodes run: create, read back, follow logs, stop, delete."""
+
+    @abstractmethod
+    def create(self, spec: JobSpec) -> None:
+        """Create the job and start its nodes; nothing is left behind when this raises.
+
+        Raises:
+            NameConflictError: something of the job's name already exists.
+        """
+
+    @abstractmethod
+    def describe(self, name: str) -> TrainJob | None:
+        """The job as its records show it now; None when there is no such job, or it is being
+        deleted."""
+
+    @abstractmethod
     def list_jobs(self) -> list[TrainJob]:
-        """Every job on this backend, oldest first."""
+        """Every job of this backend, oldest first."""
 
+    @abstractmethod
     def node_logs(
-        self, name: str, node_index: int, follow: bool, tail_lines: int | None
+        self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
     ) -> Iterator[LogLine]:
-        """One node's log lines; with `follow`, until the node ends."""
+        """One node's lines, oldest first; with `follow`, until the node has ended and its log
+        is complete (or the job is deleted).
 
-    def delete_job(self, name: str) -> None:
-        """Stop the job if it runs and remove every trace of it."""
+        Raises:
+            JobNotFoundError: there is no such job.
+        """
+
+    @abstractmethod
+    def stop(self, name: str) -> None:
+        """Stop every node of the job now (gang teardown); its records stay readable."""
+
+    @abstractmethod
+    def delete(self, name: str) -> bool:
+        """Stop the job if it runs and remove whatever exists of it; safe to call again (also
+        after a delete that was interrupted). Whether there was anything to remove."""
+
+    # -- the invariants, once ----------------------------------------------------------------
+
+    def get(self, name: str) -> TrainJob:
+        """The job `name`.
+
+        Raises:
+            JobNotFoundError: there is no such job (the message lists the known ones).
+        """
+        job = self.describe(name)
+        if job is None:
+            raise JobNotFoundError(name, [known.name for known in self.list_jobs()])
+        return job
+
+    def ensure_created(self, spec: JobSpec) -> bool:
+        """Create the job unless it exists already; whether this call created it."""
+        if self.describe(spec.name) is not None:
+            return False
+        self.create(spec)
+        return True

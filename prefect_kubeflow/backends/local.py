@@ -1,23 +1,25 @@
 """Local process backend: each node is a torchrun agent subprocess on this machine.
 
-A job is a directory: ``job.json`` (the record), ``function.py``/``function.json`` (what runs),
-``owner.json`` (the process that supervises the nodes), ``node-<i>.log`` and ``node-<i>.exit``.
-Status is derived from those files and from which processes live, so any process sees the same
-jobs. Nodes rendezvous statically on 127.0.0.1, node ``i`` having node rank ``i``.
+A job is a folder: ``job.json`` (the record and how to launch the nodes), the shipped function,
+``host.json`` (the process hosting the nodes, `prefect_kubeflow.backends.nodehost`),
+``node-<i>.log`` and ``node-<i>.exit``. Status is derived from those files and from which
+processes live, so any process sees the same jobs. The host is this backend's engine: it starts
+the nodes detached from the caller, reaps them and tears the gang down when one fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,351 +27,221 @@ from platformdirs import user_cache_dir, user_data_dir
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import JobSpec, SupervisorCommand
-from prefect_kubeflow.backends.jobfiles import (
-    flow_run_id,
-    lost_flow_run_id,
-    node_exit_file,
-    node_failure,
-    node_log,
-    owner_alive,
-    read_owner,
-    start_owner,
-    stop_supervisor,
-    write_flow_run,
-    write_function,
-)
+from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, NodeState, to_trainjob
+from prefect_kubeflow.backends.jobfiles import node_failure, node_log, read_exit, write_function
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
-from prefect_kubeflow.backends.torchrun import ENTRYPOINT, resolve_nproc_per_node, torchrun_argv
-from prefect_kubeflow.backends.venv import ensure_venv
-from prefect_kubeflow.errors import BackendError, JobNotFoundError
+from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
+from prefect_kubeflow.errors import JobNotFoundError, NameConflictError
 from prefect_kubeflow.files import write_json_atomic
-from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
+from prefect_kubeflow.types import TrainJob
 
-MASTER_ADDR = "127.0.0.1"
-_ERROR_FILE = "error.txt"
+JOB_FILE = "job.json"
+HOST_FILE = "host.json"
+DELETING_FILE = "deleting"  # the job is being deleted: it no longer reads as a job
+ERROR_FILE = "error.txt"
+logger = logging.getLogger(__name__)
 
 
 def local_gpu_count() -> int:
     """NVIDIA GPUs visible on this machine, counted without importing torch."""
-    return sum(1 for d in Path("/dev").glob("nvidia[0-9]*"))
+    return sum(1 for _ in Path("/dev").glob("nvidia[0-9]*"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((MASTER_ADDR, 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True)
+class LocalSettings:
+    """How the local backend runs: where jobs and venvs live, how long a node may take to stop."""
+
+    jobs_dir: Path = field(default_factory=lambda: Path(user_data_dir(constants.APP_NAME)) / "jobs")
+    venv_dir: Path = field(
+        default_factory=lambda: Path(user_cache_dir(constants.APP_NAME)) / "venvs"
+    )
+    grace_period: float = 10.0
 
 
-@dataclass
-class _Record:
-    """The job record kept in ``job.json``."""
+@dataclass(frozen=True)
+class LocalJob:
+    """``job.json``: the shared record, and what the host needs to launch the nodes."""
 
-    name: str
-    job_id: str
-    created: str
-    runtime: dict[str, Any]
-    num_nodes: int
-    nproc_per_node: int
-    device: str
-    function_name: str
-    func_args: dict[str, Any]
+    record: JobRecord
+    job_id: str  # the marker every process of the job carries in its environment
+    workdir: str
     packages_to_install: list[str]
     pip_index_urls: list[str]
     env: dict[str, str]
-    resources_per_node: dict[str, Any]
-    workdir: str
-
-
-class LocalProcessBackend:
-    """Runs each node as a torchrun agent subprocess; jobs live under `jobs_dir`."""
-
-    # Handles of the nodes this process started, by job name: the only in-memory state, and
-    # only for waiting on this process's own children.
-    _started: dict[str, list[subprocess.Popen[bytes]]] = {}
-
-    def __init__(self, jobs_dir: Path, venv_dir: Path, grace_period: float = 10.0) -> None:
-        self.jobs_dir = jobs_dir
-        self.venv_dir = venv_dir
-        self.grace_period = grace_period
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> LocalProcessBackend:
-        """Build from `LocalProcessBackendConfig`'s fields; unset folders get user defaults."""
-        return cls(
-            jobs_dir=Path(
-                settings.get("jobs_dir") or Path(user_data_dir(constants.APP_NAME)) / "jobs"
-            ),
-            venv_dir=Path(
-                settings.get("venv_cache_dir") or Path(user_cache_dir(constants.APP_NAME)) / "venvs"
-            ),
-            grace_period=float(settings.get("stop_grace_period_seconds", 10.0)),
-        )
+    def read(cls, job_dir: Path) -> LocalJob:
+        """The job kept in `job_dir`."""
+        data = json.loads((job_dir / JOB_FILE).read_text())
+        return cls(**{**data, "record": JobRecord(**data["record"])})
 
-    # -- records -----------------------------------------------------------------------------
 
-    def _dir(self, name: str) -> Path:
+def read_host(job_dir: Path) -> dict[str, Any] | None:
+    """``{"pid", "start"}`` of the job's host process, once it was started."""
+    try:
+        host = dict(json.loads((job_dir / HOST_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+    # Without a start time a pid could name any process: never signal or trust it.
+    return host if isinstance(host.get("pid"), int) and host.get("start") else None
+
+
+def host_alive(job_dir: Path) -> bool:
+    """Whether the job's host still runs (or has yet to be recorded: the job is being made)."""
+    host = read_host(job_dir)
+    return host is None or processes.is_alive(host["pid"], host["start"])
+
+
+class LocalProcessBackend(Backend):
+    """Runs each node as a torchrun agent subprocess; jobs live under `jobs_dir`."""
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.jobs_dir = settings.jobs_dir.expanduser().absolute()
+
+    def _dir(self, name: str) -> Path | None:
         path = self.jobs_dir / name
-        if "/" in name or name in ("", ".", "..") or not (path / "job.json").exists():
-            raise JobNotFoundError(name, self._names())
-        return path
+        if "/" in name or name in ("", ".", "..") or not (path / JOB_FILE).exists():
+            return None
+        return None if (path / DELETING_FILE).exists() else path
 
-    def _names(self) -> list[str]:
-        if not self.jobs_dir.is_dir():
-            return []
-        return [p.parent.name for p in self.jobs_dir.glob("*/job.json")]
+    # -- creating ----------------------------------------------------------------------------
 
-    def _load(self, name: str) -> tuple[_Record, Path]:
-        """The job's record and folder, found once."""
-        job_dir = self._dir(name)
-        return _Record(**json.loads((job_dir / "job.json").read_text())), job_dir
-
-    def create_job(self, spec: JobSpec, supervisor: SupervisorCommand | None) -> None:
-        """Write the job's record; start `supervisor` detached, or make this process the owner."""
+    def create(self, spec: JobSpec) -> None:
+        """Write the job's folder, then start its host, which starts the nodes."""
         nproc, device = resolve_nproc_per_node(
             spec.num_proc_per_node, spec.resources_per_node, local_gpu_count()
         )
-        trainer = spec.runtime.trainer
-        record = _Record(
-            name=spec.name,
+        job = LocalJob(
+            record=JobRecord.for_spec(spec, spec.image, nproc, device),
             job_id=uuid.uuid4().hex,
-            created=datetime.now(timezone.utc).isoformat(),
-            runtime={
-                "name": spec.runtime.name,
-                "framework": trainer.framework,
-                "image": trainer.image,
-                "num_nodes": trainer.num_nodes,
-                "origin": spec.runtime.origin,
-            },
-            num_nodes=spec.num_nodes,
-            nproc_per_node=nproc,
-            device=device,
-            function_name=spec.function_name,
-            func_args=spec.func_args,
-            packages_to_install=spec.packages_to_install,
-            pip_index_urls=spec.pip_index_urls,
-            env=spec.env,
-            resources_per_node=spec.resources_per_node,
             workdir=os.getcwd(),
+            packages_to_install=list(spec.packages_to_install),
+            pip_index_urls=list(spec.pip_index_urls),
+            env=dict(spec.env),
         )
         job_dir = self.jobs_dir / spec.name
-        job_dir.mkdir(parents=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            job_dir.mkdir()
+        except FileExistsError as exc:
+            raise NameConflictError(f"a job folder {job_dir} already exists") from exc
         try:
             write_function(job_dir, spec)
-            start_owner(job_dir, supervisor)
-            # job.json last: a job is listed only once it is complete.
-            write_json_atomic(job_dir / "job.json", asdict(record))
+            # job.json last but for the host: a job is listed only once it is complete.
+            write_json_atomic(job_dir / JOB_FILE, asdict(job))
+            self._start_host(job_dir)
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
 
-    def set_flow_run(self, name: str, flow_run_id: str, closed: bool = False) -> None:
-        """Remember the flow run that runs the job; `closed` once its run is over."""
-        write_flow_run(self._dir(name), flow_run_id, closed)
-
-    def flow_run_id(self, name: str) -> str | None:
-        """The flow run that runs the job, once it started."""
-        return flow_run_id(self._dir(name))
-
-    def lost_flow_run_id(self, name: str) -> str | None:
-        """The flow run of a job whose supervising process died before closing it."""
-        return lost_flow_run_id(self._dir(name))
-
-    # -- running -----------------------------------------------------------------------------
-
-    def start_job(self, name: str) -> None:
-        """Start every node as a torchrun agent; build the package venv first if needed."""
-        if name in self._started:
-            return
-        record, job_dir = self._load(name)
-        if (job_dir / _ERROR_FILE).exists():
-            raise BackendError((job_dir / _ERROR_FILE).read_text())
-        python = sys.executable
-        try:
-            if record.packages_to_install:
-                python = str(
-                    ensure_venv(
-                        self.venv_dir,
-                        record.packages_to_install,
-                        record.pip_index_urls,
-                        job_dir / "setup.log",
-                    )
-                )
-            port = _free_port()
-            env = {**os.environ, **record.env}  # merged onto ours; the keeper adds the marker
-            started: list[subprocess.Popen[bytes]] = []
-            self._started[name] = started
-            for rank in range(record.num_nodes):
-                argv = torchrun_argv(
-                    python,
-                    record.num_nodes,
-                    rank,
-                    record.nproc_per_node,
-                    MASTER_ADDR,
-                    port,
-                    ENTRYPOINT,
-                    job_dir,
-                )
-                keeper_argv = [
-                    sys.executable,
-                    "-m",
-                    "prefect_kubeflow.backends.node",
-                    str(node_log(job_dir, rank)),
-                    str(node_exit_file(job_dir, rank)),
-                    record.job_id,
-                    "--",
-                    *argv,
-                ]
-                # A keeper is silent unless it crashes; its traceback then lands beside ours
-                # (in supervisor.log when the job runs detached).
-                started.append(
-                    subprocess.Popen(
-                        keeper_argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        env=env,
-                        cwd=record.workdir if Path(record.workdir).is_dir() else job_dir,
-                    )
-                )
-        except (OSError, BackendError) as exc:
-            (job_dir / _ERROR_FILE).write_text(str(exc))
-            self.stop_job(name)
-            for keeper in self._started.pop(name, []):
-                keeper.wait()
-            raise BackendError(f"TrainJob {name!r} could not start: {exc}") from exc
-
-    def wait_node(self, name: str, node_index: int) -> int:
-        """Block until the node ends and its log is complete; its exit code."""
-        keeper = self._started[name][node_index]
-        code = keeper.wait()
-        exit_file = node_exit_file(self._dir(name), node_index)
-        if not exit_file.exists():  # the keeper itself was killed
-            write_json_atomic(exit_file, {"code": code, "orphaned": False})
-        return code
-
-    def stop_job(self, name: str) -> None:
-        """Stop every process of the job (torchrun agents and their workers)."""
-        processes.kill_marked(self._load(name)[0].job_id, self.grace_period)
+    def _start_host(self, job_dir: Path) -> None:
+        """Start the job's host detached from this process: the job outlives its caller."""
+        argv = [
+            sys.executable,
+            "-m",
+            "prefect_kubeflow.backends.nodehost",
+            str(job_dir),
+            str(self.settings.venv_dir),
+            str(self.settings.grace_period),
+        ]
+        with open(job_dir / "host.log", "wb") as log:
+            host = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        write_json_atomic(
+            job_dir / HOST_FILE, {"pid": host.pid, "start": processes.start_time(host.pid)}
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get_job(self, name: str) -> TrainJob:
+    def describe(self, name: str) -> TrainJob | None:
         """The job as its files and processes show it now."""
-        return self._to_trainjob(*self._load(name))
+        job_dir = self._dir(name)
+        if job_dir is None:
+            return None
+        try:
+            job = LocalJob.read(job_dir)
+        except FileNotFoundError:
+            return None  # deleted while we read it
+        return self._to_trainjob(job, job_dir)
 
     def list_jobs(self) -> list[TrainJob]:
         """Every job under `jobs_dir`, oldest first."""
-        jobs = []
-        for name in self._names():
-            try:
-                jobs.append(self.get_job(name))
-            except (JobNotFoundError, FileNotFoundError):
-                continue  # deleted while we listed
+        names = [p.parent.name for p in self.jobs_dir.glob(f"*/{JOB_FILE}")]
+        jobs = [job for job in map(self.describe, names) if job is not None]
         return sorted(jobs, key=lambda job: job.creation_timestamp)
 
-    def _to_trainjob(self, record: _Record, job_dir: Path) -> TrainJob:
-        exits: dict[int, int] = {}
-        orphaned = False
-        for rank in range(record.num_nodes):
-            exit_file = node_exit_file(job_dir, rank)
-            if exit_file.exists():
-                ended = json.loads(exit_file.read_text())
-                exits[rank] = ended["code"]
-                orphaned = orphaned or ended["orphaned"]
-        supervisor_alive = owner_alive(job_dir)
-        error = job_dir / _ERROR_FILE
-        steps = []
-        for rank in range(record.num_nodes):
-            if rank in exits:
-                status = constants.STEP_SUCCEEDED if exits[rank] == 0 else constants.STEP_FAILED
-            elif not supervisor_alive:
-                status = constants.STEP_FAILED
-            elif (node_log(job_dir, rank)).exists():
-                status = constants.STEP_RUNNING
+    def _to_trainjob(self, job: LocalJob, job_dir: Path) -> TrainJob:
+        alive = host_alive(job_dir)
+        exits = [read_exit(job_dir, rank) for rank in range(job.record.num_nodes)]
+        nodes = []
+        for rank, ended in enumerate(exits):
+            if ended is not None:
+                phase = constants.STEP_SUCCEEDED if ended["code"] == 0 else constants.STEP_FAILED
+                nodes.append(NodeState(phase, ended["at"]))
+            elif not alive:
+                nodes.append(NodeState(constants.STEP_FAILED))
+            elif node_log(job_dir, rank).exists():
+                nodes.append(NodeState(constants.STEP_RUNNING))
             else:
-                status = constants.STEP_PENDING
-            steps.append(
-                Step(
-                    name=f"{constants.NODE}-{rank}",
-                    status=status,
-                    pod_name=f"{record.name}-{constants.NODE}-{rank}",
-                    device=record.device,
-                    device_count=str(record.nproc_per_node),
-                )
-            )
-        statuses = {step.status for step in steps}
-        message = None
-        if error.exists() or constants.STEP_FAILED in statuses:
-            status = constants.TRAINJOB_FAILED
-            if error.exists():
-                message = error.read_text()
-            elif orphaned or (not supervisor_alive and not any(exits.values())):
-                pid = (read_owner(job_dir) or {}).get("pid")
-                message = f"the process supervising the job (pid {pid}) died"
-            else:
-                message = self._failure(record, job_dir, exits)
-        elif statuses == {constants.STEP_SUCCEEDED}:
-            status = constants.TRAINJOB_COMPLETE
-        elif constants.STEP_RUNNING in statuses:
-            status = constants.TRAINJOB_RUNNING
-        else:
-            status = constants.TRAINJOB_CREATED
-        trainer = RuntimeTrainer(
-            trainer_type=TrainerType.CUSTOM_TRAINER,
-            framework=record.runtime["framework"],
-            image=record.runtime["image"],
-            num_nodes=record.runtime["num_nodes"],
-            device=record.device,
-            device_count=str(record.nproc_per_node),
-        )
-        return TrainJob(
-            name=record.name,
-            runtime=Runtime(
-                name=record.runtime["name"], trainer=trainer, origin=record.runtime.get("origin")
-            ),
-            steps=steps,
-            num_nodes=record.num_nodes,
-            creation_timestamp=datetime.fromisoformat(record.created),
-            status=status,
-            message=message,
-        )
+                nodes.append(NodeState(constants.STEP_PENDING))
 
-    def _failure(self, record: _Record, job_dir: Path, exits: dict[int, int]) -> str:
-        """Why the job failed: the first node to fail, with its last error lines."""
-        failed = [r for r, code in exits.items() if code != 0]
-        rank = min(failed, key=lambda r: node_exit_file(job_dir, r).stat().st_mtime_ns)
-        return node_failure(job_dir, rank, exits[rank], record.nproc_per_node)
+        def failure(rank: int) -> str:
+            error = job_dir / ERROR_FILE
+            if error.exists():
+                return error.read_text()
+            ended = exits[rank]
+            if ended is None or ended["orphaned"]:
+                pid = (read_host(job_dir) or {}).get("pid")
+                return f"the process hosting the job's nodes (pid {pid}) died"
+            return node_failure(job_dir, rank, ended["code"], job.record.nproc_per_node)
+
+        return to_trainjob(job.record, nodes, failure)
 
     def node_logs(
-        self, name: str, node_index: int, follow: bool, tail_lines: int | None
+        self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until the node has ended."""
         job_dir = self._dir(name)
-        exit_file = node_exit_file(job_dir, node_index)
-        keepers = self._started.get(name)
+        if job_dir is None:
+            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+        exit_file = job_dir / f"{constants.NODE}-{node_index}.exit"
 
-        def done() -> bool:
-            if keepers is not None and keepers[node_index].poll() is not None:
-                return True  # this process's own keeper ended, even one killed before its exit
-            return exit_file.exists() or not job_dir.exists() or not owner_alive(job_dir)
+        def ended() -> bool:
+            return exit_file.exists() or self._dir(name) is None or not host_alive(job_dir)
 
-        return read_node_log(node_log(job_dir, node_index), follow, done, tail_lines)
+        return read_node_log(node_log(job_dir, node_index), follow, ended, tail_lines)
 
-    # -- deleting ----------------------------------------------------------------------------
+    # -- stopping ----------------------------------------------------------------------------
 
-    def delete_job(self, name: str) -> None:
-        """Stop the supervisor and every node process, then remove the job's directory."""
-        record, job_dir = self._load(name)
-        running = self._to_trainjob(record, job_dir).status in (
-            constants.TRAINJOB_CREATED,
-            constants.TRAINJOB_RUNNING,
-        )
-        stop_supervisor(
-            job_dir,
-            running,
-            self.grace_period,
-            lambda: processes.kill_marked(record.job_id, self.grace_period),
-        )
-        for keeper in self._started.pop(name, []):
-            keeper.wait()
+    def stop(self, name: str) -> None:
+        """Stop every process of the job (torchrun agents and their workers)."""
+        job_dir = self._dir(name)
+        if job_dir is not None:
+            processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
+
+    def delete(self, name: str) -> bool:
+        """Stop the host and every node process, then remove the job's folder."""
+        job_dir = self.jobs_dir / name
+        if "/" in name or name in ("", ".", "..") or not (job_dir / JOB_FILE).exists():
+            return False
+        (job_dir / DELETING_FILE).touch()
+        host = read_host(job_dir)
+        if host is not None and processes.is_alive(host["pid"], host["start"]):
+            # The host stops its nodes on SIGTERM and exits once they are gone.
+            processes.signal_process(host["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + self.settings.grace_period + 5
+            while processes.is_alive(host["pid"], host["start"]):
+                if time.monotonic() > deadline:
+                    logger.warning("the host of job %s ignored SIGTERM; killing it", name)
+                    processes.signal_process(host["pid"], signal.SIGKILL)
+                    break
+                time.sleep(0.05)
+        processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
         shutil.rmtree(job_dir)
+        return True

@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 JOB_ID_ENV = "PREFECT_KUBEFLOW_JOB_ID"
-# What a job's supervising process takes as "cancel the job" (SIGTERM is Prefect's: Crashed).
 # Niceness of processes that only keep books (supervisors, the embedded Prefect server):
 # training comes first on a busy machine.
 BOOKKEEPING_NICENESS = 19
-CANCEL_SIGNAL = signal.SIGUSR1
 logger = logging.getLogger(__name__)
 
 
@@ -58,10 +56,15 @@ def find_marked(job_id: str) -> list[int]:
     return found
 
 
+def signal_process(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to `pid`; a process that is already gone is no error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        signal_process(pid, sig)
 
 
 def kill_marked(job_id: str, grace_period: float) -> list[int]:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
-from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
+from prefect_kubeflow.backends.container.specs import ContainerSettings
+from prefect_kubeflow.blocks.base import TrainingBackendConfig
 
 
-class ContainerBackendConfig(Block):
+class ContainerBackendConfig(TrainingBackendConfig):
     """Run TrainJobs in Docker or Podman containers on this machine: one network per job and
     one container per node, each running torchrun.
 
@@ -34,6 +35,7 @@ class ContainerBackendConfig(Block):
         "https://github.com/prefect-kubeflow/prefect-kubeflow#container-backend"
     )
     _logo_url = HttpUrl("https://avatars.githubusercontent.com/u/33164907")
+    backend_kind: ClassVar[str] = "container"
 
     container_runtime: Literal["docker", "podman"] | None = Field(
         default=None,
@@ -56,17 +58,6 @@ class ContainerBackendConfig(Block):
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent",
         description="When the image is pulled: if it is not present, always, or never.",
-    )
-    auto_remove: bool = Field(
-        default=False,
-        description=(
-            "Whether a job's containers, network and folder are removed as soon as it has "
-            "ended and its logs are forwarded (it then no longer lists)."
-        ),
-    )
-    runtime_source: TrainingRuntimeSource | None = Field(
-        default=None,
-        description="Where runtimes come from besides the built-in ones.",
     )
     registry_username: str | None = Field(
         default=None, description="User name for pulling the image from its registry."
@@ -109,3 +100,23 @@ class ContainerBackendConfig(Block):
             "it the job)."
         ),
     )
+
+    def backend_settings(self) -> ContainerSettings:
+        """The container backend's settings; the registry password unwrapped for it alone."""
+        password = self.registry_password.get_secret_value() if self.registry_password else None
+        defaults = ContainerSettings()
+        return ContainerSettings(
+            container_runtime=self.container_runtime,
+            container_host=self.container_host,
+            image=self.image,
+            pull_policy=self.pull_policy,
+            registry_username=self.registry_username,
+            registry_password=password,
+            volumes=tuple(self.volumes),
+            env=dict(self.env),
+            network_driver=self.network_driver,
+            shm_size=self.shm_size,
+            jobs_dir=Path(self.jobs_dir) if self.jobs_dir else defaults.jobs_dir,
+            grace_period=self.stop_grace_period_seconds,
+            rendezvous_timeout=self.rendezvous_timeout_seconds,
+        )

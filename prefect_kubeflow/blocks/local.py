@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
+from pathlib import Path
+from typing import ClassVar
+
 from pydantic import Field, HttpUrl
 
-from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
+from prefect_kubeflow.backends.local import LocalSettings
+from prefect_kubeflow.blocks.base import TrainingBackendConfig
 
 
-class LocalProcessBackendConfig(Block):
+class LocalProcessBackendConfig(TrainingBackendConfig):
     """Run TrainJobs as torchrun processes on this machine, one process tree per node.
 
     Jobs are kept on disk under `jobs_dir`, so any Python process on the machine can list,
@@ -29,6 +32,7 @@ class LocalProcessBackendConfig(Block):
     _description = "Runs Kubeflow TrainJobs as local torchrun processes, one per training node."
     _documentation_url = HttpUrl("https://github.com/prefect-kubeflow/prefect-kubeflow#readme")
     _logo_url = HttpUrl("https://avatars.githubusercontent.com/u/33164907")
+    backend_kind: ClassVar[str] = "local"
 
     jobs_dir: str | None = Field(
         default=None,
@@ -51,10 +55,12 @@ class LocalProcessBackendConfig(Block):
         ge=0,
         description="Seconds a node gets to exit after SIGTERM before it is killed.",
     )
-    runtime_source: TrainingRuntimeSource | None = Field(
-        default=None,
-        description=(
-            "Where runtimes come from besides the built-in ones; their images are not used by "
-            "this backend, their nodes, processes per node, environment and resources are."
-        ),
-    )
+
+    def backend_settings(self) -> LocalSettings:
+        """The local backend's settings; unset folders get the user's defaults."""
+        defaults = LocalSettings()
+        return LocalSettings(
+            jobs_dir=Path(self.jobs_dir) if self.jobs_dir else defaults.jobs_dir,
+            venv_dir=Path(self.venv_cache_dir) if self.venv_cache_dir else defaults.venv_dir,
+            grace_period=self.stop_grace_period_seconds,
+        )

@@ -1,98 +1,102 @@
 """The ``trainjob`` flow: one flow run per TrainJob, one ``node-<i>`` task run per node.
 
-The flow is the plan: record the flow run on the job, start the nodes (unless the supervisor
-already did, before Prefect was even imported), watch every node in its own task, fail the job
-when any node fails and tear the others down at once (gang semantics).
+The flow is the plan: create the job unless it exists (a deployment or a task runner hands it a
+spec alone; `TrainerClient.train()` has created it already), watch every node in its own task
+forwarding its log, tear the gang down when a node fails, and clean up (``auto_remove``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
-from uuid import UUID
 
-from prefect import flow, get_client, tags, task
+from prefect import flow, tags, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import wait
 from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends import backend_for
-from prefect_kubeflow.blocks import BackendConfig
-from prefect_kubeflow.errors import JobFailedError
-from prefect_kubeflow.flows.gang import cancel_requested, watch_node
+from prefect_kubeflow.backends.base import Backend, JobSpec
+from prefect_kubeflow.backends.logfile import LogLine
+from prefect_kubeflow.blocks.base import TrainingBackendConfig
+from prefect_kubeflow.errors import BackendError, JobFailedError
+from prefect_kubeflow.flows.gang import watch_node
 from prefect_kubeflow.flows.logs import forward_lines
+from prefect_kubeflow.flows.runs import label_flow_run
 
 MAX_NODES = 256
-
-
-def backend_settings(config: BackendConfig) -> dict[str, Any]:
-    """A configuration block's fields as the plain mapping backends take.
-
-    Without the runtime source: the client resolves runtimes before a job exists, so backends
-    never need it (and it may hold a token that must not reach a process's argv).
-    """
-    return config.model_dump(include=set(type(config).model_fields) - {"runtime_source"})
+logger = logging.getLogger(__name__)
 
 
 @task(name="node", task_run_name="node-{node_index}")
-def run_node(job_name: str, node_index: int, backend_config: BackendConfig) -> int:
+def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConfig) -> str | None:
     """Watch one node until it ends, forwarding its log; fail (and stop the job) on failure."""
-    backend = backend_for(type(backend_config).__name__, backend_settings(backend_config))
     context = TaskRunContext.get()
     assert context is not None and context.task_run.flow_run_id is not None
-    lines = backend.node_logs(job_name, node_index, follow=True, tail_lines=None)
-    forward_lines(lines, context.task_run.flow_run_id, context.task_run.id, f"node-{node_index}")
-    code = watch_node(backend, job_name, node_index)
-    if code != 0:
-        raise JobFailedError(job_name, f"node-{node_index} exited with code {code}")
-    return code
+    flow_run_id, task_run_id = context.task_run.flow_run_id, context.task_run.id
+    node = f"{constants.NODE}-{node_index}"
+
+    def forward(lines: Iterable[LogLine]) -> None:
+        forward_lines(lines, flow_run_id, task_run_id, node)
+
+    phase = watch_node(backend_config.get_backend(), job_name, node_index, forward)
+    if phase == constants.STEP_FAILED:
+        raise JobFailedError(job_name, f"{node} failed")
+    return phase
 
 
 @flow(name="trainjob", retries=0, persist_result=False)
-def trainjob(job_name: str, backend_config: BackendConfig) -> dict[str, Any] | State:
-    """Run the recorded TrainJob `job_name` to its end; its nodes are ``node-<i>`` tasks.
+def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[str, Any] | State:
+    """Run the TrainJob `job` (a spec, or the name of a job already created) to its end; its
+    nodes are ``node-<i>`` tasks.
 
-    Returns the job's name and final status; raises `JobFailedError` when a node fails.
+    Returns the job's name and final status; raises `JobFailedError` when a node fails, and
+    ends Cancelled when the job is deleted while it runs.
     """
-    backend = backend_for(type(backend_config).__name__, backend_settings(backend_config))
+    backend = backend_config.get_backend()
+    name = job if isinstance(job, str) else job.name
+    if isinstance(job, JobSpec):
+        backend.ensure_created(job)
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
-    flow_run_id = str(context.flow_run.id)
-    backend.set_flow_run(job_name, flow_run_id)
+    label_flow_run(context.flow_run.id, name)
     try:
-        backend.start_job(job_name)
-        num_nodes = backend.get_job(job_name).num_nodes
-        futures = [run_node.submit(job_name, i, backend_config) for i in range(num_nodes)]
-        wait(futures)
-        job = backend.get_job(job_name)
+        final = backend.describe(name)
+        if final is not None:
+            wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
+            final = backend.describe(name)
     finally:
-        # Whatever happens next, this process closes the run: it is not lost.
-        backend.set_flow_run(job_name, flow_run_id, closed=True)
-    if cancel_requested.is_set():
-        return Cancelled(message=f"TrainJob {job_name!r} was deleted")
-    if job.status != constants.TRAINJOB_COMPLETE:
-        raise JobFailedError(job_name, job.message or f"status {job.status}")
-    return {"name": job_name, "status": job.status}
+        if backend_config.auto_remove:
+            remove(backend, name)
+    if final is None:
+        return Cancelled(message=f"TrainJob {name!r} is gone: it was deleted")
+    if final.status != constants.TRAINJOB_COMPLETE:
+        raise JobFailedError(name, final.message or f"status {final.status}")
+    return {"name": name, "status": final.status}
 
 
-def run_trainjob(job_name: str, backend_config: BackendConfig, return_state: bool = False) -> Any:
+def remove(backend: Backend, name: str) -> None:
+    """Remove an ended job (``auto_remove``); a failure to is logged, not raised."""
+    try:
+        backend.delete(name)
+    except BackendError as exc:
+        logger.warning("auto_remove could not remove TrainJob %s: %s", name, exc)
+
+
+def run_trainjob(
+    job: JobSpec | str, backend_config: TrainingBackendConfig, return_state: bool = False
+) -> Any:
     """Run `trainjob` as a flow run named after the job, tagged for the Prefect UI.
 
     Inside a user's own flow this is a subflow, blocking until the job ends.
     """
+    name = job if isinstance(job, str) else job.name
     # Every node needs its own thread at once (each mostly waits); threads start on demand.
     runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=MAX_NODES)
-    configured = trainjob.with_options(flow_run_name=job_name, task_runner=runner)  # type: ignore[arg-type]
+    configured = trainjob.with_options(flow_run_name=name, task_runner=runner)  # type: ignore[arg-type]
     with tags(constants.FLOW_RUN_TAG):
         if return_state:
-            return configured(job_name, backend_config, return_state=True)
-        return configured(job_name, backend_config)
-
-
-def close_flow_run(flow_run_id: str, state: State) -> None:
-    """Set the flow run's final `state` (Cancelled, Crashed) unless it already ended."""
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(UUID(flow_run_id))
-        if flow_run.state is None or not flow_run.state.is_final():
-            client.set_flow_run_state(UUID(flow_run_id), state, force=True)
+            return configured(job, backend_config, return_state=True)
+        return configured(job, backend_config)

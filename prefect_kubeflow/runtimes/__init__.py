@@ -6,8 +6,9 @@ from prefect_kubeflow.runtimes.catalog import (
     RuntimeCatalog,
     builtin_runtimes,
 )
+from prefect_kubeflow.runtimes.http import HttpSettings
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, parse_runtimes
-from prefect_kubeflow.runtimes.sources import HttpSettings, parse_source
+from prefect_kubeflow.runtimes.sources import parse_source
 
 __all__ = [
     "CatalogListing",

@@ -24,8 +24,9 @@ from prefect_kubeflow.errors import (
     RuntimeSourceWarning,
 )
 from prefect_kubeflow.runtimes.cache import CacheEntry, RuntimeCache
+from prefect_kubeflow.runtimes.http import HttpSettings
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, parse_runtimes
-from prefect_kubeflow.runtimes.sources import HttpSettings, Source, parse_source
+from prefect_kubeflow.runtimes.sources import Source, parse_source
 from prefect_kubeflow.types import Runtime
 
 DEFAULT_CACHE_TTL_SECONDS = 24 * 3600

@@ -110,13 +110,13 @@ def load_yaml(
     except UnicodeDecodeError as exc:
         raise RuntimeParseError(
             origin, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
+        ) from exc
     _check_expansion(text, origin, max_bytes)
     try:
         return list(yaml.safe_load_all(text))
     # Constructors raise plain ValueError/TypeError: a date like 2024-13-01, "!!int x".
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-        raise RuntimeParseError(origin, f"malformed YAML: {exc}") from None
+        raise RuntimeParseError(origin, f"malformed YAML: {exc}") from exc
 
 
 def runtimes_from(
@@ -136,7 +136,7 @@ def runtimes_from(
         try:
             model = RuntimeDocument.model_validate(document)
         except ValidationError as exc:
-            raise RuntimeParseError(origin, f"{where}: {_describe(exc)}") from None
+            raise RuntimeParseError(origin, f"{where}: {_describe(exc)}") from exc
         specs.append(_to_spec(model, origin))
     if not specs and not other_kinds_allowed:
         found = f"found kind {', '.join(kinds)}" if kinds else "it is empty"
@@ -189,7 +189,7 @@ def _check_expansion(text: str, origin: str, max_bytes: int) -> None:
                     "(an alias bomb?)",
                 )
     except yaml.YAMLError as exc:
-        raise RuntimeParseError(origin, f"malformed YAML: {exc}") from None
+        raise RuntimeParseError(origin, f"malformed YAML: {exc}") from exc
 
 
 def _describe(exc: ValidationError) -> str:
@@ -206,10 +206,10 @@ def _describe(exc: ValidationError) -> str:
 def _gpus(resources: dict[str, Any], origin: str) -> int:
     try:
         return gpu_count(resources)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as exc:
         raise RuntimeParseError(
             origin, f"the node's GPU resources are not a count: {resources!r:.120}"
-        ) from None
+        ) from exc
 
 
 def _to_spec(model: RuntimeDocument, origin: str) -> RuntimeSpec:

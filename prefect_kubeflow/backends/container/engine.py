@@ -1,25 +1,29 @@
-"""Reaching a container engine: Docker or Podman, both through the Docker-compatible API (one
-client library for both), with the engine's errors turned into typed ones."""
+"""Talking to a container engine: Docker or Podman, both through the Docker-compatible API (one
+client library for both): connecting, making an image present, running a node's container, and
+the engine's errors turned into typed ones."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.images import Image
+from docker.types import DeviceRequest
 
+from prefect_kubeflow.backends.container.specs import ENGINES, PYTHON, ContainerSettings, NodeSpec
 from prefect_kubeflow.errors import (
     BackendError,
     EngineUnavailableError,
     ImageUnavailableError,
+    InvalidInputError,
     NameConflictError,
 )
 
-ENGINES = ("docker", "podman")
 API_TIMEOUT_SECONDS = 60
 HOW_TO_START = {
     "docker": "start Docker (dockerd, or `systemctl start docker`)",
@@ -56,10 +60,11 @@ def connect(engine: str | None, host: str | None) -> Engine:
     answers, else Podman.
 
     Raises:
+        InvalidInputError: `engine` is neither "docker" nor "podman".
         EngineUnavailableError: none answers; the message names each URL tried and why.
     """
     if engine is not None and engine not in ENGINES:
-        raise EngineUnavailableError(f"container_runtime {engine!r} is not one of {ENGINES}")
+        raise InvalidInputError(f"container_runtime {engine!r} is not one of {ENGINES} or None")
     candidates = [engine] if engine else list(ENGINES)
     failures = []
     for name in candidates:
@@ -90,7 +95,7 @@ def engine_errors(what: str) -> Iterator[None]:
     try:
         yield
     except ImageNotFound as exc:
-        raise ImageUnavailableError(f"{what}: {_reason(exc)}") from None
+        raise ImageUnavailableError(f"{what}: {_reason(exc)}") from exc
     except APIError as exc:
         explanation = _reason(exc)
         # Docker answers a duplicate name with 409; Podman with 500 "... already in use".
@@ -101,12 +106,12 @@ def engine_errors(what: str) -> Iterator[None]:
         ):
             raise NameConflictError(
                 f"{what}: {explanation}; delete the job of that name, or remove what is left of it"
-            ) from None
-        raise BackendError(f"{what}: {explanation}") from None
+            ) from exc
+        raise BackendError(f"{what}: {explanation}") from exc
     except (DockerException, requests.RequestException) as exc:
         raise EngineUnavailableError(
             f"{what}: the engine stopped answering ({_reason(exc)})"
-        ) from None
+        ) from exc
 
 
 def is_not_found(exc: Exception) -> bool:
@@ -120,3 +125,87 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, APIError) and exc.explanation:
         return str(exc.explanation)
     return str(exc) or type(exc).__name__
+
+
+def ensure_image(engine: Engine, image: str, settings: ContainerSettings) -> dict[str, str]:
+    """Make `image` present as `pull_policy` says, before anything is created; return the
+    image's environment."""
+    if not image:
+        raise ImageUnavailableError(
+            "no image: the runtime names none; set ContainerBackendConfig.image"
+        )
+    policy = settings.pull_policy
+    found: Image | None = None
+    with engine_errors(f"inspecting image {image}"), suppress(ImageNotFound):
+        found = engine.client.images.get(image)
+    if found is not None and policy != "Always":
+        return _image_env(found)
+    if policy == "Never":
+        raise ImageUnavailableError(
+            f"image {image!r} is not present in {engine.name} and pull_policy is Never; "
+            f"build or load it (`{engine.name} build`/`{engine.name} load`), "
+            "or allow pulling with pull_policy IfNotPresent"
+        )
+    auth = None
+    if settings.registry_username:
+        auth = {
+            "username": settings.registry_username,
+            "password": settings.registry_password or "",
+        }
+    try:
+        pulled = engine.client.images.pull(image, auth_config=auth)
+    except (DockerException, requests.RequestException) as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
+        raise ImageUnavailableError(
+            f"image {image!r} could not be pulled ({reason}); check the name and the "
+            f"registry's credentials, or build or load it into {engine.name} "
+            "(e.g. scripts/build-test-image.sh) and set pull_policy IfNotPresent"
+        ) from None  # the registry's error may echo the credentials
+    return _image_env(pulled if isinstance(pulled, Image) else pulled[0])
+
+
+def run_node(engine: Engine, node: NodeSpec) -> None:
+    """Create and start one node's container."""
+    options: dict[str, object] = {}
+    if node.nano_cpus is not None:
+        options["nano_cpus"] = node.nano_cpus
+    if node.mem_limit is not None:
+        options["mem_limit"] = node.mem_limit
+    if node.shm_size:
+        options["shm_size"] = node.shm_size
+    if node.gpu_driver == "cdi":
+        options["device_requests"] = [DeviceRequest(driver="cdi", device_ids=node.gpu_ids)]
+    elif node.gpu_driver:
+        options["device_requests"] = [
+            DeviceRequest(device_ids=node.gpu_ids, capabilities=[["gpu"]])
+        ]
+    client = engine.client
+    with engine_errors(f"creating container {node.name}"):
+        container = client.containers.create(
+            node.image,
+            command=node.command,
+            name=node.name,
+            hostname=node.name,
+            labels=node.labels,
+            environment=node.env,
+            volumes=node.binds,
+            network=node.network,
+            working_dir=node.working_dir,
+            stop_signal="SIGTERM",  # what the keeper handles, whatever the image says
+            **options,
+        )
+    try:
+        with engine_errors(f"starting container {node.name}"):
+            container.start()
+    except BackendError as exc:
+        if PYTHON in str(exc) and "not found" in str(exc):
+            raise BackendError(
+                f"{exc}; the image must provide {PYTHON} (3.10 or newer) and torch"
+            ) from exc
+        raise
+
+
+def _image_env(image: Image) -> dict[str, str]:
+    """The environment an image sets (``Config.Env``)."""
+    pairs = (image.attrs.get("Config") or {}).get("Env") or []
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)

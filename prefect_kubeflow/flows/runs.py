@@ -1,0 +1,117 @@
+"""The link between a TrainJob and its Prefect flow run, found from Prefect itself.
+
+A job's flow run is named after the job, tagged ``prefect-kubeflow`` and labelled with the job
+and with the process running it (``host:pid:start``). A flow run whose process died cannot
+close itself: reading the job closes it Crashed, on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled, Crashed, State
+
+from prefect_kubeflow import constants
+from prefect_kubeflow.backends import processes
+from prefect_kubeflow.flows import server
+
+JOB_LABEL = "prefect-kubeflow.io/trainjob"
+SUPERVISOR_LABEL = "prefect-kubeflow.io/supervisor"
+logger = logging.getLogger(__name__)
+
+
+def this_process() -> str:
+    """This process as a flow run's label names it: ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{processes.start_time(pid)}"
+
+
+def process_died(identity: str) -> bool:
+    """Whether the process a label names is known to be gone (only this host's can be)."""
+    host, _, rest = identity.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or not start.isdigit():
+        return False
+    return not processes.is_alive(int(pid), int(start))
+
+
+def label_flow_run(flow_run_id: UUID, job_name: str) -> None:
+    """Mark the flow run as job `job_name`'s, run by this process."""
+    with get_client(sync_client=True) as client:
+        client.update_flow_run_labels(
+            flow_run_id, {JOB_LABEL: job_name, SUPERVISOR_LABEL: this_process()}
+        )
+
+
+def api_url() -> str | None:
+    """The Prefect API at hand: the configured one, else the embedded server if it runs
+    (nothing is started to answer a read)."""
+    return PREFECT_API_URL.value() or server.running_server_url()
+
+
+def find_flow_runs(names: Iterable[str]) -> dict[str, FlowRun]:
+    """The newest flow run of each job in `names` that has one; {} with no API at hand."""
+    names = list(names)
+    url = api_url()
+    if not names or not url:
+        return {}
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=names),
+                tags=FlowRunFilterTags(all_=[constants.FLOW_RUN_TAG]),
+            )
+        )
+    found: dict[str, FlowRun] = {}
+    for run in sorted(runs, key=lambda r: r.created or 0):
+        found[run.name] = run
+    return found
+
+
+def close_lost_flow_runs(names: Iterable[str]) -> None:
+    """Close Crashed the flow runs of `names` whose process died before it could close them."""
+    for name, run in find_flow_runs(names).items():
+        identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
+        if run.state is None or run.state.is_final() or not identity:
+            continue
+        if process_died(identity):
+            pid = identity.split(":")[1]
+            message = f"the process running TrainJob {name!r}'s flow (pid {pid}) died"
+            close_flow_run(run.id, Crashed(message=message))
+
+
+def close_flow_run(flow_run_id: UUID, state: State) -> None:
+    """Give the flow run its final `state` unless it already has one."""
+    url = api_url()
+    if not url:
+        return
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_final():
+            client.set_flow_run_state(flow_run_id, state, force=True)
+
+
+def await_deleted(run: FlowRun, timeout: float) -> None:
+    """After its job was deleted, let the flow run close itself Cancelled (its nodes' tasks
+    see the job gone); close it so if it has not within `timeout` seconds."""
+    url = api_url()
+    if not url or run.state is None or run.state.is_final():
+        return
+    identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
+    deadline = time.monotonic() + (0 if process_died(identity) else timeout)
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run.id).state
+            if state is None or state.is_final():
+                return
+            time.sleep(0.2)
+    close_flow_run(run.id, Cancelled(message=f"TrainJob {run.name!r} was deleted"))

@@ -1,0 +1,326 @@
+"""The backend conformance suite: what every backend must do, tested once, run on each.
+
+Every test runs on local processes, Docker and Podman (see `harnesses.py`); a new backend
+passes this module before it is done. Each test ends with nothing of its jobs left: no
+process, container, network or folder, and no supervising process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import flow_run_of, read_task_run_logs, supervisor_of, wait_for
+from harnesses import HARNESSES
+from prefect import flow
+from training_functions import (
+    ddp_report,
+    fail_on_rank,
+    print_env,
+    sleep_forever,
+    wait_for_file,
+)
+
+from prefect_kubeflow import CustomTrainer, TrainerClient
+from prefect_kubeflow.backends import processes
+from prefect_kubeflow.constants import constants
+from prefect_kubeflow.errors import (
+    InvalidInputError,
+    JobFailedError,
+    JobNotFoundError,
+    RuntimeNotFoundError,
+)
+from prefect_kubeflow.flows.trainjob import run_trainjob
+
+TESTS_DIR = os.path.dirname(__file__)
+
+
+@pytest.fixture(params=list(HARNESSES))
+def harness(request, tmp_path):
+    return HARNESSES[request.param](tmp_path)
+
+
+@pytest.fixture
+def client(harness):
+    """A client of the backend; afterwards every job is deleted and nothing of it may be left,
+    nor any process that ran a job's flow."""
+    trainer_client = TrainerClient(backend_config=harness.config())
+    yield trainer_client
+    names = [job.name for job in trainer_client.list_jobs()]
+    supervisors = {}
+    for name in names:
+        run = flow_run_of(name, timeout=60)
+        if "prefect-kubeflow.io/supervisor" in (run.labels or {}):
+            supervisors[name] = supervisor_of(name)
+        trainer_client.delete_job(name)
+    for name in names:
+        assert harness.leftovers(name) == [], f"left of {name}"
+    for name, (pid, start) in supervisors.items():
+        wait_for(lambda p=pid, s=start: not processes.is_alive(p, s), 60, f"{name}'s supervisor")
+
+
+def _ranks_started(client, name: str, count: int) -> None:
+    wait_for(
+        lambda: sum("started" in line for line in client.get_job_logs(name)) >= count,
+        180,
+        f"{count} ranks to start",
+    )
+
+
+def test_ddp_trains_on_two_nodes_and_every_line_reaches_prefect(client):
+    name = client.train(
+        trainer=CustomTrainer(func=ddp_report, num_nodes=2, resources_per_node={"cpu": 2})
+    )
+    followed = list(client.get_job_logs(name, follow=True))
+    job = client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    assert [(s.name, s.status, s.device, s.device_count) for s in job.steps] == [
+        ("node-0", constants.STEP_SUCCEEDED, "cpu", "2"),
+        ("node-1", constants.STEP_SUCCEEDED, "cpu", "2"),
+    ]
+    # Ranks 0..3 (node-0 has 0 and 1) each saw 1+2+3+4 = 10; the follow interleaved nodes.
+    assert sorted(line for line in followed if "world=" in line and "warning" not in line) == [
+        "[node-0] rank=0 world=4 sum=10\n",
+        "[node-0] rank=1 world=4 sum=10\n",
+        "[node-1] rank=2 world=4 sum=10\n",
+        "[node-1] rank=3 world=4 sum=10\n",
+    ]
+    node1 = [line.rstrip("\n") for line in client.get_job_logs(name, node_index=1)]
+    assert sorted(line for line in node1 if "sum=" in line) == [
+        "rank=2 world=4 sum=10",
+        "rank=3 world=4 sum=10",
+    ]
+    assert list(client.get_job_logs(name, step="node-1", tail_lines=1)) == [node1[-1] + "\n"]
+    assert list(client.get_job_logs(name, node_index=0, tail_lines=0)) == []
+    node0 = [line.rstrip("\n") for line in client.get_job_logs(name, step="node-0")]
+    assert "progress 100%" in node0 and not any("50%" in line for line in node0)
+
+    # The job is a flow run named after it; each node a task run holding every line, in order,
+    # stderr at WARNING.
+    run = flow_run_of(name, final=True)
+    assert run.state.is_completed() and constants.FLOW_RUN_TAG in run.tags
+    for index, lines in ((0, node0), (1, node1)):
+        logs = wait_for(
+            lambda i=index, n=len(lines): (
+                (got := read_task_run_logs(run.id, f"node-{i}")) and len(got) >= n and got
+            ),
+            60,
+            f"node-{index}'s lines in the API",
+        )
+        assert [log.message for log in logs] == lines
+        levels = {log.message: log.level for log in logs}
+        warnings = [m for m in lines if m.startswith("warning from")]
+        assert len(warnings) == 2 and all(levels[m] == 30 for m in warnings)
+        assert all(levels[m] == 20 for m in lines if "sum=" in m)
+
+
+def test_list_and_get_from_a_second_interpreter(client, harness):
+    name = client.train(trainer=CustomTrainer(func=print_env, env={"PK_TEST_VAR": "x $(true)"}))
+    client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    script = (
+        "import json, sys\n"
+        "from prefect_kubeflow import TrainerClient\n"
+        "from prefect_kubeflow.blocks import TrainingBackendConfig\n"
+        "config = TrainingBackendConfig.model_validate(json.loads(sys.argv[1]))\n"
+        "client = TrainerClient(backend_config=config)\n"
+        "job = client.get_job(sys.argv[2])\n"
+        "print(json.dumps({'names': [j.name for j in client.list_jobs()], 'status': job.status,"
+        " 'steps': [[s.name, s.status] for s in job.steps],"
+        " 'lines': list(client.get_job_logs(sys.argv[2]))}))\n"
+    )
+    config = harness.config().model_dump(mode="json", context={"include_secrets": True})
+    seen = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=TESTS_DIR,
+    )
+    assert seen.returncode == 0, seen.stderr
+    seen = json.loads(seen.stdout)
+    assert seen["names"] == [name]
+    assert seen["status"] == constants.TRAINJOB_COMPLETE
+    assert seen["steps"] == [["node-0", constants.STEP_SUCCEEDED]]
+    # env is merged onto the node's environment, never through a shell.
+    assert "[node-0] PK_TEST_VAR=x $(true) PATH_SET=True\n" in seen["lines"]
+
+
+def test_follow_streams_every_node_live(client, harness):
+    host_dir, node_dir = harness.shared()
+    release = host_dir / "release"
+    name = client.train(
+        trainer=CustomTrainer(
+            func=wait_for_file,
+            func_args={"path": f"{node_dir}/release", "text": "node is up"},
+            num_nodes=2,
+        )
+    )
+    seen: list[str] = []
+
+    def consume():
+        for line in client.get_job_logs(name, follow=True):
+            seen.append(line)
+            # Released only once both nodes' first lines came: the stream is live.
+            if sum("node is up" in s for s in seen) == 2:
+                release.touch()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    reader.join(timeout=300)
+    assert not reader.is_alive() and release.exists()
+    for node in (0, 1):
+        assert f"[node-{node}] node is up\n" in seen
+        assert f"[node-{node}] released\n" in seen
+    assert client.wait_for_job_status(name, timeout=120).status == constants.TRAINJOB_COMPLETE
+
+
+def test_a_failing_rank_fails_the_job_and_stops_the_others(client, harness):
+    name = client.train(
+        trainer=CustomTrainer(
+            func=fail_on_rank, func_args={"rank_to_fail": 1, "sleep_others": 600}, num_nodes=2
+        )
+    )
+    # node-0 sleeps 600 s: only the gang's teardown ends the job within the timeout.
+    with pytest.raises(JobFailedError) as failed:
+        client.wait_for_job_status(name, timeout=240, polling_interval=0.2)
+    assert isinstance(failed.value, RuntimeError)
+    assert "node-1 exited with 1; rank 1 raised:" in str(failed.value)
+    assert "ValueError: boom on rank 1" in str(failed.value)
+    wait_for(lambda: harness.running(name) == [], 120, "node-0 to be stopped")
+    job = client.get_job(name)
+    assert [s.status for s in job.steps] == [constants.STEP_FAILED, constants.STEP_FAILED]
+    run = flow_run_of(name, final=True)
+    assert run.state.is_failed()
+    assert "boom on rank 1" in run.state.message
+
+
+def test_a_killed_node_fails_the_job_and_stops_the_others(client, harness):
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    _ranks_started(client, name, 2)
+    harness.kill_node(name, 1)
+    with pytest.raises(JobFailedError, match="node-1 was killed by SIGKILL"):
+        client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
+    wait_for(lambda: harness.running(name) == [], 120, "node-0 to be stopped")
+    assert flow_run_of(name, final=True).state.is_failed()
+
+
+def test_delete_mid_run_leaves_nothing_and_cancels_the_flow_run(client, harness):
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    _ranks_started(client, name, 2)
+    pid, start = supervisor_of(name)
+    client.delete_job(name)
+    assert harness.leftovers(name) == []
+    assert name not in [job.name for job in client.list_jobs()]
+    assert flow_run_of(name, final=True).state.is_cancelled()
+    wait_for(lambda: not processes.is_alive(pid, start), 60, "the supervisor to exit")
+    # Deleting again: the client says the job is gone; the backend's delete is idempotent.
+    with pytest.raises(JobNotFoundError):
+        client.delete_job(name)
+    assert client.backend.delete(name) is False
+
+
+def test_delete_after_the_end_leaves_nothing(client, harness):
+    name = client.train(trainer=CustomTrainer(func=print_env, num_nodes=2))
+    client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert flow_run_of(name, final=True).state.is_completed()
+    client.delete_job(name)
+    assert harness.leftovers(name) == []
+    assert flow_run_of(name).state.is_completed()  # its history stays as it ended
+
+
+def test_a_dead_supervisor_closes_its_flow_run_crashed(client, harness):
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    _ranks_started(client, name, 2)
+    pid, _ = supervisor_of(name)
+    os.kill(pid, signal.SIGKILL)
+    # The job lives in its engine, not in the supervisor: it still runs, and reading it
+    # closes the flow run that no process can close any more.
+    wait_for(
+        lambda: (
+            client.get_job(name).status == constants.TRAINJOB_RUNNING
+            and (run := flow_run_of(name)).state.is_crashed()
+            and run
+        ),
+        60,
+        "the flow run to be closed Crashed",
+    )
+    assert f"(pid {pid}) died" in flow_run_of(name).state.message
+    assert len(harness.running(name)) >= 2
+    client.delete_job(name)
+    assert harness.leftovers(name) == []
+
+
+def test_train_inside_a_flow_is_a_blocking_subflow(harness):
+    config = harness.config()
+
+    @flow(name="nightly-training")
+    def nightly() -> str:
+        return TrainerClient(backend_config=config).train(
+            trainer=CustomTrainer(func=ddp_report, num_nodes=2)
+        )
+
+    state = nightly(return_state=True)
+    assert state.is_completed()
+    name = state.result()
+    client = TrainerClient(backend_config=config)
+    assert client.get_job(name).status == constants.TRAINJOB_COMPLETE  # done when train returned
+    child = flow_run_of(name, final=True)
+    assert child.parent_task_run_id is not None and child.state.is_completed()
+    messages = wait_for(
+        lambda: [
+            log.message for log in read_task_run_logs(child.id, "node-1") if "sum=" in log.message
+        ],
+        60,
+        "node-1's lines in the API",
+    )
+    assert messages == ["rank=1 world=2 sum=3"]
+    client.delete_job(name)
+    assert harness.leftovers(name) == []
+
+
+def test_the_flow_runs_a_job_from_a_spec_alone_and_auto_removes_it(client, harness):
+    # What a deployment or a task runner does: hand the flow a spec, nothing created before.
+    spec = client.build_spec(CustomTrainer(func=ddp_report, num_nodes=2))
+    config = harness.config(auto_remove=True)
+    state = run_trainjob(spec, config, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["status"] == constants.TRAINJOB_COMPLETE
+    run = flow_run_of(spec.name, final=True)
+    messages = wait_for(
+        lambda: [
+            log.message for log in read_task_run_logs(run.id, "node-0") if "sum=" in log.message
+        ],
+        60,
+        "node-0's lines in the API",
+    )
+    assert messages == ["rank=0 world=2 sum=3"]
+    # auto_remove: ended and forwarded, nothing of it is kept.
+    assert harness.leftovers(spec.name) == []
+    assert spec.name not in [job.name for job in client.list_jobs()]
+
+
+def test_unknown_names_and_rejected_trains_leave_nothing(client, harness):
+    for call in (
+        lambda: client.get_job("nope"),
+        lambda: client.get_job_logs("nope"),
+        lambda: client.wait_for_job_status("nope", timeout=1),
+        lambda: client.delete_job("nope"),
+        lambda: client.get_job("../etc"),
+    ):
+        with pytest.raises(JobNotFoundError, match=r"TrainJob '(nope|\.\./etc)' not found"):
+            call()
+    with pytest.raises(InvalidInputError, match="trainer must be a CustomTrainer"):
+        client.train(trainer=None)
+    with pytest.raises(RuntimeNotFoundError, match="'no-such-runtime' not found"):
+        client.train(runtime="no-such-runtime", trainer=CustomTrainer(func=print_env))
+    trainer = CustomTrainer(func=print_env)
+    trainer.num_nodes = 0  # changed after it was built: checked again
+    with pytest.raises(InvalidInputError, match="num_nodes must be an int >= 1, got 0"):
+        client.train(trainer=trainer)
+    assert client.list_jobs() == []
+    assert not list(harness.root.glob("*jobs/*"))
