@@ -28,9 +28,10 @@ if TYPE_CHECKING:
         TrainJob,
     )
 
-from prefect_kubeflow._version import __version__ as __version__  # re-exported
 
 _EXPORTS = {
+    # Read from the installed metadata (~20 ms): only when asked, not in every node's keeper.
+    "__version__": "prefect_kubeflow._version",
     "TrainerClient": "prefect_kubeflow.client",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
     "ContainerBackendConfig": "prefect_kubeflow.blocks",

@@ -179,24 +179,29 @@ def run_node(engine: Engine, node: NodeSpec) -> None:
         options["device_requests"] = [
             DeviceRequest(device_ids=node.gpu_ids, capabilities=[["gpu"]])
         ]
-    client = engine.client
+    # The low-level calls: the high-level create inspects each new container once more,
+    # a round trip that Podman answers slowly while the other nodes start.
+    api = engine.client.api
     with engine_errors(f"creating container {node.name}"):
-        container = client.containers.create(
+        created = api.create_container(
             node.image,
             command=node.command,
             name=node.name,
             hostname=node.name,
             labels=node.labels,
             environment=node.env,
-            volumes=node.binds,
-            network=node.network,
             working_dir=node.working_dir,
             stop_signal="SIGTERM",  # what the keeper handles, whatever the image says
-            **options,
+            host_config=api.create_host_config(
+                binds=node.binds, network_mode=node.network, **options
+            ),
+            networking_config=api.create_networking_config(
+                {node.network: api.create_endpoint_config()}
+            ),
         )
     try:
         with engine_errors(f"starting container {node.name}"):
-            container.start()
+            api.start(created["Id"])
     except BackendError as exc:
         if PYTHON in str(exc) and "not found" in str(exc):
             raise BackendError(
