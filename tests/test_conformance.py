@@ -35,6 +35,7 @@ from prefect_kubeflow.errors import (
     JobNotFoundError,
     RuntimeNotFoundError,
 )
+from prefect_kubeflow.flows import supervisor
 from prefect_kubeflow.flows.trainjob import run_trainjob
 
 TESTS_DIR = os.path.dirname(__file__)
@@ -302,6 +303,18 @@ def test_the_flow_runs_a_job_from_a_spec_alone_and_auto_removes_it(client, harne
     # auto_remove: ended and forwarded, nothing of it is kept.
     assert harness.leftovers(spec.name) == []
     assert spec.name not in [job.name for job in client.list_jobs()]
+
+
+def test_auto_remove_leaves_nothing_of_a_detached_job(harness):
+    client = TrainerClient(backend_config=harness.config(auto_remove=True))
+    name = client.train(trainer=CustomTrainer(func=print_env, num_nodes=2))
+    wait_for(lambda: flow_run_of(name, final=True), 300, "the job's flow to end")
+    pid, start = supervisor_of(name)
+    wait_for(lambda: not processes.is_alive(pid, start), 120, "the supervisor to exit")
+    assert flow_run_of(name).state.is_completed()
+    assert harness.leftovers(name) == []
+    assert not supervisor.log_path(name).exists()
+    assert client.list_jobs() == []
 
 
 def test_unknown_names_and_rejected_trains_leave_nothing(client, harness):

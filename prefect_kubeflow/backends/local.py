@@ -32,7 +32,7 @@ from prefect_kubeflow.backends.jobfiles import node_failure, node_log, read_exit
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import JobNotFoundError, NameConflictError
-from prefect_kubeflow.files import write_json_atomic
+from prefect_kubeflow.files import remove_tree, write_json_atomic
 from prefect_kubeflow.types import TrainJob
 
 JOB_FILE = "job.json"
@@ -132,7 +132,7 @@ class LocalProcessBackend(Backend):
             write_json_atomic(job_dir / JOB_FILE, asdict(job))
             self._start_host(job_dir)
         except BaseException:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            remove_tree(job_dir, "the folder of a job that could not be created")
             raise
 
     def _start_host(self, job_dir: Path) -> None:

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from prefect_kubeflow.backends.torchrun import pip_install_command
 from prefect_kubeflow.errors import BackendError
+from prefect_kubeflow.files import remove_tree
 
 _COMPLETE = ".complete"
 
@@ -80,11 +80,11 @@ def ensure_venv(cache_dir: Path, packages: list[str], index_urls: list[str], log
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / _COMPLETE).exists():
             return _python(path)
-        shutil.rmtree(path, ignore_errors=True)  # a build that died half-way
+        remove_tree(path, "the venv of a build that died half-way")
         try:
             _build(path, packages, index_urls, log)
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, "the venv that failed to build")
             raise
         (path / _COMPLETE).write_text(json.dumps({"packages": packages, "index_urls": index_urls}))
     return _python(path)

@@ -77,15 +77,18 @@ def main(payload: dict[str, Any]) -> int:
     try:
         state = run_trainjob(name, config, return_state=True)
         drain(timeout=600)
-        return 0 if state.is_completed() else 1
+        completed = state.is_completed()
     except Exception:
         # Training must not die with the Prefect API: keep the gang whole without its flow run.
         logger.exception("the trainjob flow could not run; watching the nodes without Prefect")
-    backend = config.get_backend()
-    job = watch_gang(backend, name)
-    if config.auto_remove:
-        remove(backend, name)
-    return 0 if job is not None and job.status == constants.TRAINJOB_COMPLETE else 1
+        backend = config.get_backend()
+        job = watch_gang(backend, name)
+        if config.auto_remove:
+            remove(backend, name)
+        completed = job is not None and job.status == constants.TRAINJOB_COMPLETE
+    if config.auto_remove:  # nothing of the job is kept, this log included
+        log_path(name).unlink(missing_ok=True)
+    return 0 if completed else 1
 
 
 if __name__ == "__main__":

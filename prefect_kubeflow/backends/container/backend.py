@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +58,7 @@ from prefect_kubeflow.errors import (
     JobNotFoundError,
     NameConflictError,
 )
+from prefect_kubeflow.files import remove_tree
 from prefect_kubeflow.types import TrainJob
 
 CREATED_FILE = "created"  # in the job's folder once every node exists
@@ -142,7 +142,7 @@ class ContainerBackend(Backend):
             self._remove(name, job_dir)
         except BackendError as exc:
             logger.warning("could not remove what was created of job %s: %s", name, exc)
-        shutil.rmtree(job_dir, ignore_errors=True)
+        remove_tree(job_dir, f"the folder of job {name}")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class ContainerBackend(Backend):
                 except DockerException as exc:
                     if not is_not_found(exc):
                         raise
-        shutil.rmtree(job_dir, ignore_errors=True)
+        remove_tree(job_dir, f"the folder of job {name}")
         return existed
 
 
