@@ -5,6 +5,8 @@
 No Prefect server to start: the first job starts an embedded one and later jobs reuse it.
 """
 
+import os
+
 from prefect_kubeflow import CustomTrainer, LocalProcessBackendConfig, TrainerClient
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.flows import server
@@ -51,11 +53,13 @@ def main() -> None:
         f"{finished.name}: {finished.status}, steps {[(s.name, s.status) for s in finished.steps]}"
     )
     print("jobs:", [(j.name, j.status) for j in client.list_jobs()][-3:])
-    ui = server.running_server_url()
-    if ui:  # the embedded default: one local Prefect server, reused by every job
+    if not os.environ.get("PREFECT_API_URL"):
+        # The embedded default: one local Prefect server, reused by every job. The first job
+        # starts it, which can take a minute on a fresh machine: wait for it here.
+        print("waiting for the embedded Prefect server...")
+        ui = server.ensure_server()
         print(f"flow run {job} in the Prefect UI: {ui.removesuffix('/api')}/runs")
-    client.delete_job(job)
-    print(f"deleted {job}")
+    print(f"keep it, or delete it with TrainerClient().delete_job({job!r})")
 
 
 if __name__ == "__main__":

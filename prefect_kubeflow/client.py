@@ -15,7 +15,7 @@ from typing import Any
 from prefect.context import FlowRunContext
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, is_active
 from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
 from prefect_kubeflow.errors import (
     BackendError,
@@ -38,7 +38,7 @@ from prefect_kubeflow.types import (
 )
 
 _END = object()
-# How long a deleted job's flow run gets to close itself (its tasks see the job gone).
+# How long a job's flow run gets to end by itself when the job is deleted.
 DELETE_SETTLE_SECONDS = 30.0
 
 
@@ -360,13 +360,17 @@ class TrainerClient:
 
     def delete_job(self, name: str) -> None:
         """Stop the TrainJob if it runs (every node of it), remove its records, and let its
-        flow run end Cancelled.
+        flow run end Cancelled. An ended job's flow run first gets to finish forwarding its
+        logs (up to `DELETE_SETTLE_SECONDS`), so it keeps its final state.
 
         Raises:
             JobNotFoundError: No TrainJob has this name.
         """
-        self.backend.get(name)
+        job = self.backend.get(name)
         flow_run = runs.find_flow_runs([name]).get(name)
+        if flow_run is not None and not is_active(job.status):
+            # Ended: its flow run may still be forwarding the last lines; let it finish.
+            flow_run = runs.await_final(flow_run, timeout=DELETE_SETTLE_SECONDS)
         self.backend.delete(name)
         if flow_run is not None:
             runs.await_deleted(flow_run, timeout=DELETE_SETTLE_SECONDS)

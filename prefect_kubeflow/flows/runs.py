@@ -100,18 +100,26 @@ def close_flow_run(flow_run_id: UUID, state: State) -> None:
             client.set_flow_run_state(flow_run_id, state, force=True)
 
 
+def await_final(run: FlowRun, timeout: float) -> FlowRun:
+    """The flow run once it has ended, or as it is after `timeout` seconds (at once when the
+    process running it is gone)."""
+    url = api_url()
+    identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
+    if not url or process_died(identity):
+        return run
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        while run.state is not None and not run.state.is_final():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            run = client.read_flow_run(run.id)
+    return run
+
+
 def await_deleted(run: FlowRun, timeout: float) -> None:
     """After its job was deleted, let the flow run close itself Cancelled (its nodes' tasks
     see the job gone); close it so if it has not within `timeout` seconds."""
-    url = api_url()
-    if not url or run.state is None or run.state.is_final():
-        return
-    identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
-    deadline = time.monotonic() + (0 if process_died(identity) else timeout)
-    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            state = client.read_flow_run(run.id).state
-            if state is None or state.is_final():
-                return
-            time.sleep(0.2)
-    close_flow_run(run.id, Cancelled(message=f"TrainJob {run.name!r} was deleted"))
+    run = await_final(run, timeout)
+    if run.state is not None and not run.state.is_final():
+        close_flow_run(run.id, Cancelled(message=f"TrainJob {run.name!r} was deleted"))
