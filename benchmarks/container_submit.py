@@ -1,5 +1,5 @@
 """4-node job: submit -> the first line of every node, ours vs raw parallel `docker run` /
-`podman run` of the same image and torchrun command on a network (target: ratio <= 1.25).
+`podman run` of the same image and torchrun command on a network (target: ratio <= TARGET).
 Also the memory of our supervising process (peak RSS) while its flow follows the nodes' logs.
 
     python benchmarks/container_submit.py [repeats] [docker|podman ...]
@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import isolated_home, supervisor_of
+
+# Submit -> every node's first line, ours over raw (issue: one backend contract).
+TARGET = 1.10
 
 IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
 NODES = 4
@@ -133,8 +136,8 @@ def main(repeats: int, engines: list[str]) -> None:
             print(f"{engine}: {NODES} nodes, submit -> first line of every node, {repeats} runs")
             print(f"  raw parallel {engine} run: median {raw_median:.2f} s  {_all(raw_times)}")
             print(f"  prefect-kubeflow:         median {our_median:.2f} s  {_all(our_times)}")
-            verdict = "meets" if our_median / raw_median <= 1.25 else "MISSES"
-            print(f"  ratio {our_median / raw_median:.2f} ({verdict} the target of 1.25)")
+            verdict = "meets" if our_median / raw_median <= TARGET else "MISSES"
+            print(f"  ratio {our_median / raw_median:.2f} ({verdict} the target of {TARGET})")
             peak = statistics.median(peaks)
             print(
                 f"  supervising process peak RSS while following {NODES} nodes: median "
