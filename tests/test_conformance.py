@@ -65,6 +65,19 @@ def client(harness):
         wait_for(lambda p=pid, s=start: not processes.is_alive(p, s), 60, f"{name}'s supervisor")
 
 
+def _api_lines(flow_run_id, node: str, containing: str) -> list[str]:
+    """The node's lines holding `containing`, read back from the Prefect API once they came."""
+    return wait_for(
+        lambda: [
+            log.message
+            for log in read_task_run_logs(flow_run_id, node)
+            if containing in log.message
+        ],
+        60,
+        f"{node}'s lines in the API",
+    )
+
+
 def _ranks_started(client, name: str, count: int) -> None:
     wait_for(
         lambda: sum("started" in line for line in client.get_job_logs(name)) >= count,
@@ -272,14 +285,7 @@ def test_train_inside_a_flow_is_a_blocking_subflow(harness):
     assert client.get_job(name).status == constants.TRAINJOB_COMPLETE  # done when train returned
     child = flow_run_of(name, final=True)
     assert child.parent_task_run_id is not None and child.state.is_completed()
-    messages = wait_for(
-        lambda: [
-            log.message for log in read_task_run_logs(child.id, "node-1") if "sum=" in log.message
-        ],
-        60,
-        "node-1's lines in the API",
-    )
-    assert messages == ["rank=1 world=2 sum=3"]
+    assert _api_lines(child.id, "node-1", "sum=") == ["rank=1 world=2 sum=3"]
     client.delete_job(name)
     assert harness.leftovers(name) == []
 
@@ -292,14 +298,7 @@ def test_the_flow_runs_a_job_from_a_spec_alone_and_auto_removes_it(client, harne
     assert state.is_completed(), state.message
     assert state.result()["status"] == constants.TRAINJOB_COMPLETE
     run = flow_run_of(spec.name, final=True)
-    messages = wait_for(
-        lambda: [
-            log.message for log in read_task_run_logs(run.id, "node-0") if "sum=" in log.message
-        ],
-        60,
-        "node-0's lines in the API",
-    )
-    assert messages == ["rank=0 world=2 sum=3"]
+    assert _api_lines(run.id, "node-0", "sum=") == ["rank=0 world=2 sum=3"]
     # auto_remove: ended and forwarded, nothing of it is kept.
     assert harness.leftovers(spec.name) == []
     assert spec.name not in [job.name for job in client.list_jobs()]
