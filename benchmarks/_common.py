@@ -51,7 +51,7 @@ def supervisor_of(name: str, timeout: float = 300.0) -> tuple[int, int, str]:
     while time.monotonic() < deadline:
         run = find_flow_runs([name]).get(name)
         if run is not None and SUPERVISOR_LABEL in (run.labels or {}):
-            _, pid, start = str(run.labels[SUPERVISOR_LABEL]).split(":")
+            _, pid, start, _ = str(run.labels[SUPERVISOR_LABEL]).split(":")
             return int(pid), int(start), str(run.id)
         time.sleep(0.1)
     raise TimeoutError(f"no flow run of {name} named its process within {timeout} s")

@@ -1,7 +1,7 @@
 """prefect-kubeflow: run Kubeflow Trainer TrainJobs through Prefect.
 
-Names are imported on first use, so a process can use the light parts (the detached
-supervisor starting nodes) without paying for Prefect's import.
+Names are imported on first use, so a process can use the light parts (a local job's node
+host, a node's keeper) without paying for Prefect's import.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def supervisor_of(name: str) -> tuple[int, int]:
         180,
         "the supervisor's label",
     )
-    _, pid, start = run.labels[SUPERVISOR_LABEL].split(":")
+    _, pid, start, _ = run.labels[SUPERVISOR_LABEL].split(":")
     return int(pid), int(start)
 
 

@@ -18,6 +18,7 @@ import pytest
 from conftest import flow_run_of, read_task_run_logs, supervisor_of, wait_for
 from harnesses import HARNESSES
 from prefect import flow
+from prefect.client.orchestration import get_client
 from training_functions import (
     ddp_report,
     fail_on_rank,
@@ -223,7 +224,10 @@ def test_a_killed_node_fails_the_job_and_stops_the_others(client, harness):
     assert flow_run_of(name, final=True).state.is_failed()
 
 
-def test_delete_mid_run_leaves_nothing_and_cancels_the_flow_run(client, harness):
+@pytest.mark.parametrize("auto_remove", [False, True], ids=["kept", "auto_remove"])
+def test_delete_mid_run_leaves_nothing_and_cancels_the_flow_run(harness, auto_remove):
+    # With auto_remove, the flow's own clean-up races the client's delete: both must hold.
+    client = TrainerClient(backend_config=harness.config(auto_remove=auto_remove))
     name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
     _ranks_started(client, name, 2)
     pid, start = supervisor_of(name)
@@ -284,7 +288,10 @@ def test_train_inside_a_flow_is_a_blocking_subflow(harness):
     client = TrainerClient(backend_config=config)
     assert client.get_job(name).status == constants.TRAINJOB_COMPLETE  # done when train returned
     child = flow_run_of(name, final=True)
-    assert child.parent_task_run_id is not None and child.state.is_completed()
+    assert child.state.is_completed()
+    with get_client(sync_client=True) as prefect:
+        parent_task = prefect.read_task_run(child.parent_task_run_id)
+    assert parent_task.flow_run_id == state.state_details.flow_run_id
     assert _api_lines(child.id, "node-1", "sum=") == ["rank=1 world=2 sum=3"]
     client.delete_job(name)
     assert harness.leftovers(name) == []

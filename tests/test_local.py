@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import flow_run_of, local_job_id, wait_for
 from prefect.settings import PREFECT_API_URL
-from training_functions import print_env, sleep_forever, wait_for_file
+from training_functions import many_lines, print_env, sleep_forever, wait_for_file
 
 from prefect_kubeflow import CustomTrainer, TrainerClient
 from prefect_kubeflow.backends import processes
@@ -152,3 +152,21 @@ def test_leaving_a_follow_early_does_not_wait_for_the_job(client, tmp_path):
     assert client.get_job(name).status in (constants.TRAINJOB_CREATED, constants.TRAINJOB_RUNNING)
     release.touch()
     client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
+
+
+def test_jobs_read_and_delete_with_the_prefect_api_down(client, jobs_dir):
+    """A job's views never depend on Prefect: reads and delete work with no API answering."""
+    from prefect.settings import temporary_settings
+
+    name = client.train(trainer=CustomTrainer(func=many_lines, func_args={"count": 5}))
+    client.wait_for_job_status(name, timeout=120, polling_interval=0.2)
+    flow_run_of(name, final=True)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    with temporary_settings({PREFECT_API_URL: dead}):
+        assert client.get_job(name).status == constants.TRAINJOB_COMPLETE
+        assert [job.name for job in client.list_jobs()] == [name]
+        assert len(list(client.get_job_logs(name))) >= 5
+        client.delete_job(name)
+    assert not (jobs_dir / name).exists()

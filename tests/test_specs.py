@@ -141,3 +141,17 @@ def test_the_failure_message_is_the_first_failed_node_s():
     )
     assert (job.status, job.message) == ("Failed", "node-1 broke")
     assert [s.pod_name for s in job.steps] == ["abc123-node-0", "abc123-node-1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@index.example/simple", "https://***@index.example/simple"),
+        ("http://tok@127.0.0.1:8080/simple", "http://***@127.0.0.1:8080/simple"),
+        ("https://pypi.org/simple", "https://pypi.org/simple"),
+    ],
+)
+def test_index_urls_are_shown_without_credentials(url, shown):
+    from prefect_kubeflow.backends.torchrun import redact_url
+
+    assert redact_url(url) == shown

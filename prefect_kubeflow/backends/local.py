@@ -9,10 +9,10 @@ the nodes detached from the caller, reaps them and tears the gang down when one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +37,9 @@ from prefect_kubeflow.types import TrainJob
 
 JOB_FILE = "job.json"
 HOST_FILE = "host.json"
-DELETING_FILE = "deleting"  # the job is being deleted: it no longer reads as a job
+# A job being deleted is first renamed to this (atomically: of two deletes, one wins), so it
+# no longer reads as a job; an interrupted delete leaves it for the next delete to finish.
+TOMBSTONE = ".deleted-{name}-"
 ERROR_FILE = "error.txt"
 logger = logging.getLogger(__name__)
 
@@ -101,9 +103,9 @@ class LocalProcessBackend(Backend):
 
     def _dir(self, name: str) -> Path | None:
         path = self.jobs_dir / name
-        if "/" in name or name in ("", ".", "..") or not (path / JOB_FILE).exists():
+        if not _valid_name(name) or not (path / JOB_FILE).exists():
             return None
-        return None if (path / DELETING_FILE).exists() else path
+        return path
 
     # -- creating ----------------------------------------------------------------------------
 
@@ -153,9 +155,13 @@ class LocalProcessBackend(Backend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        write_json_atomic(
-            job_dir / HOST_FILE, {"pid": host.pid, "start": processes.start_time(host.pid)}
-        )
+        # A host gone before its start time could be read is recorded as dead (-1), not unborn.
+        started = processes.start_time(host.pid) or -1
+        try:
+            write_json_atomic(job_dir / HOST_FILE, {"pid": host.pid, "start": started})
+        except OSError:
+            os.killpg(host.pid, signal.SIGKILL)  # leads its own session: its keepers go too
+            raise
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -168,6 +174,9 @@ class LocalProcessBackend(Backend):
             job = LocalJob.read(job_dir)
         except FileNotFoundError:
             return None  # deleted while we read it
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("skipping %s: its record is not one this version reads (%s)", name, exc)
+            return None
         return self._to_trainjob(job, job_dir)
 
     def list_jobs(self) -> list[TrainJob]:
@@ -226,22 +235,42 @@ class LocalProcessBackend(Backend):
             processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
 
     def delete(self, name: str) -> bool:
-        """Stop the host and every node process, then remove the job's folder."""
-        job_dir = self.jobs_dir / name
-        if "/" in name or name in ("", ".", "..") or not (job_dir / JOB_FILE).exists():
+        """Stop the host and every node process, then remove the job's folder; also finish
+        what an interrupted delete of the same name left."""
+        if not _valid_name(name):
             return False
-        (job_dir / DELETING_FILE).touch()
-        host = read_host(job_dir)
+        tombstone = self.jobs_dir / (TOMBSTONE.format(name=name) + uuid.uuid4().hex[:8])
+        with contextlib.suppress(FileNotFoundError):  # gone, or another delete claimed it
+            (self.jobs_dir / name).rename(tombstone)
+        claimed = list(self.jobs_dir.glob(TOMBSTONE.format(name=name) + "*"))
+        for folder in claimed:
+            self._tear_down(folder)
+        return bool(claimed)
+
+    def _tear_down(self, folder: Path) -> None:
+        """Stop the host and the nodes of a job being deleted, then remove its folder."""
+        host = read_host(folder)
         if host is not None and processes.is_alive(host["pid"], host["start"]):
             # The host stops its nodes on SIGTERM and exits once they are gone.
             processes.signal_process(host["pid"], signal.SIGTERM)
             deadline = time.monotonic() + self.settings.grace_period + 5
             while processes.is_alive(host["pid"], host["start"]):
                 if time.monotonic() > deadline:
-                    logger.warning("the host of job %s ignored SIGTERM; killing it", name)
-                    processes.signal_process(host["pid"], signal.SIGKILL)
+                    logger.warning("the host of %s ignored SIGTERM; killing it", folder)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(host["pid"], signal.SIGKILL)  # with its keepers and pip
                     break
                 time.sleep(0.05)
-        processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
-        shutil.rmtree(job_dir)
-        return True
+        try:
+            job_id = LocalJob.read(folder).job_id
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning(
+                "no readable record in %s (%s): its processes are not searched", folder, exc
+            )
+        else:
+            processes.kill_marked(job_id, self.settings.grace_period)
+        remove_tree(folder, "the folder of a deleted job")
+
+
+def _valid_name(name: str) -> bool:
+    return "/" not in name and name not in ("", ".", "..") and not name.startswith(".")

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -39,8 +40,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_keepers(job: LocalJob, job_dir: Path, venv_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start every node's keeper; build the package venv first if the job has packages."""
+def start_keepers(
+    job: LocalJob,
+    job_dir: Path,
+    venv_dir: Path,
+    keepers: list[subprocess.Popen[bytes]],
+    stopping: threading.Event,
+) -> None:
+    """Start every node's keeper into `keepers`, unless `stopping`; build the package venv
+    first if the job has packages."""
     python = sys.executable
     if job.packages_to_install:
         python = str(
@@ -51,9 +59,10 @@ def start_keepers(job: LocalJob, job_dir: Path, venv_dir: Path) -> list[subproce
     port = _free_port()
     env = {**os.environ, **job.env}  # merged onto ours; the keeper adds the job's marker
     workdir = job.workdir if Path(job.workdir).is_dir() else str(job_dir)
-    keepers = []
     num_nodes, nproc = job.record.num_nodes, job.record.nproc_per_node
     for rank in range(num_nodes):
+        if stopping.is_set():  # deleted while the venv was built or the nodes started
+            return
         agent = torchrun_argv(
             python, num_nodes, rank, nproc, MASTER_ADDR, port, ENTRYPOINT, job_dir
         )
@@ -73,17 +82,21 @@ def start_keepers(job: LocalJob, job_dir: Path, venv_dir: Path) -> list[subproce
                 keeper, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=workdir
             )
         )
-    return keepers
 
 
 def main(job_dir: Path, venv_dir: Path, grace_period: float) -> int:
     """Run the job's nodes to their end; the exit code says whether every node succeeded."""
     job = LocalJob.read(job_dir)
     stopping = threading.Event()
+    keepers: list[subprocess.Popen[bytes]] = []
 
     def stop_nodes() -> None:
-        if not stopping.is_set():
-            stopping.set()
+        """Stop every keeper started so far; safe to call again (later keepers too)."""
+        first = not stopping.is_set()
+        stopping.set()
+        for keeper in list(keepers):  # each passes SIGTERM on to its agent's process group
+            processes.signal_process(keeper.pid, signal.SIGTERM)
+        if first:  # what ignores SIGTERM is killed after the grace period
             threading.Thread(
                 target=processes.kill_marked, args=(job.job_id, grace_period), daemon=True
             ).start()
@@ -93,33 +106,46 @@ def main(job_dir: Path, venv_dir: Path, grace_period: float) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        keepers = start_keepers(job, job_dir, venv_dir)
+        start_keepers(job, job_dir, venv_dir, keepers, stopping)
     except (OSError, BackendError) as exc:
         (job_dir / ERROR_FILE).write_text(f"TrainJob {job.record.name!r} could not start: {exc}")
-        processes.kill_marked(job.job_id, grace_period)
+        stop_nodes()
+        _reap_all(keepers, job_dir, lambda: None)
         return 1
-    if stopping.is_set():  # deleted while the venv was being built
-        processes.kill_marked(job.job_id, grace_period)
+    if stopping.is_set():  # SIGTERM came while keepers were starting: stop those started
+        stop_nodes()
     # From here on this process only waits: the nodes come first on a busy machine.
     os.nice(processes.BOOKKEEPING_NICENESS)
+    codes = _reap_all(keepers, job_dir, stop_nodes)
+    if stopping.is_set():  # what a node's failure or SIGTERM set stopping may still be alive
+        processes.kill_marked(job.job_id, grace_period)
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def _reap_all(
+    keepers: list[subprocess.Popen[bytes]], job_dir: Path, on_failure: Callable[[], None]
+) -> dict[int, int]:
+    """Wait for every keeper; record the exit of one killed before it could; call
+    `on_failure` when a node fails. Exit codes by node index."""
     codes: dict[int, int] = {}
 
     def reap(rank: int) -> None:
         codes[rank] = keepers[rank].wait()
         exit_file = node_exit_file(job_dir, rank)
-        if not exit_file.exists():  # the keeper itself was killed
-            write_json_atomic(exit_file, {"code": codes[rank], "orphaned": False})
+        try:
+            if not exit_file.exists():  # the keeper itself was killed
+                write_json_atomic(exit_file, {"code": codes[rank], "orphaned": False})
+        except OSError as exc:  # the job's folder is being deleted
+            logger.info("node-%s's exit not recorded: %s", rank, exc)
         if codes[rank] != 0:
-            stop_nodes()
+            on_failure()
 
     reapers = [threading.Thread(target=reap, args=(rank,)) for rank in range(len(keepers))]
     for reaper in reapers:
         reaper.start()
     for reaper in reapers:
         reaper.join()
-    if stopping.is_set():  # what a node's failure or SIGTERM set stopping may still be alive
-        processes.kill_marked(job.job_id, grace_period)
-    return 0 if all(code == 0 for code in codes.values()) else 1
+    return codes
 
 
 if __name__ == "__main__":

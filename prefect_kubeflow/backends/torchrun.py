@@ -86,3 +86,13 @@ def pip_install_command(
     if any(insecure):
         env["PIP_TRUSTED_HOST"] = " ".join(host for host in insecure if host)
     return argv, env
+
+
+def redact_url(url: str) -> str:
+    """`url` without the user and password it may carry, for messages and logs."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()

@@ -17,7 +17,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
-from prefect_kubeflow.backends.torchrun import pip_install_command
+from prefect_kubeflow.backends.torchrun import pip_install_command, redact_url
 from prefect_kubeflow.errors import BackendError
 from prefect_kubeflow.files import remove_tree
 
@@ -62,8 +62,8 @@ def _build(path: Path, packages: list[str], index_urls: list[str], log: Path) ->
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise BackendError(
-            f"pip could not install packages_to_install {packages} from {index_urls}:\n"
-            + "\n".join(tail)
+            f"pip could not install packages_to_install {packages} from "
+            f"{[redact_url(url) for url in index_urls]}:\n" + "\n".join(tail)
         )
 
 

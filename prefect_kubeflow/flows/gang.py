@@ -4,6 +4,7 @@ supervisor that cannot reach Prefect uses it without one, so the gang holds eith
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -11,13 +12,14 @@ from collections.abc import Callable, Iterable
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends.base import Backend
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.errors import JobNotFoundError
+from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import TrainJob
 
 ENDED = (constants.STEP_SUCCEEDED, constants.STEP_FAILED)
 # How long a node whose log has ended may still read as running (a container whose keeper
 # has written its exit but not yet exited).
 SETTLE_SECONDS = 60.0
+logger = logging.getLogger(__name__)
 
 
 def _discard(lines: Iterable[LogLine]) -> None:
@@ -38,17 +40,30 @@ def watch_node(
     except JobNotFoundError:
         return None
     deadline = time.monotonic() + SETTLE_SECONDS
-    while True:
-        job = backend.describe(name)
+    phase = constants.UNKNOWN
+    while phase not in ENDED and time.monotonic() < deadline:
+        try:
+            job = backend.describe(name)
+        except BackendError as exc:  # the engine hiccuped: the node's state is still there
+            logger.warning("reading TrainJob %s failed (%s); trying again", name, exc)
+            time.sleep(1)
+            continue
         if job is None:
             return None
-        phase = job.steps[node_index].status
-        if phase in ENDED or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        phase = job.steps[node_index].status or constants.UNKNOWN
+        if phase not in ENDED:
+            time.sleep(0.1)
     if phase == constants.STEP_FAILED:
-        backend.stop(name)
+        stop_gang(backend, name)
     return phase
+
+
+def stop_gang(backend: Backend, name: str) -> None:
+    """Stop every node of the job; a failure to is logged (the flow then watches on)."""
+    try:
+        backend.stop(name)
+    except BackendError as exc:
+        logger.warning("stopping the nodes of TrainJob %s failed: %s", name, exc)
 
 
 def watch_gang(backend: Backend, name: str) -> TrainJob | None:

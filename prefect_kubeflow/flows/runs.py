@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from uuid import UUID
 
+import httpx
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
@@ -26,20 +27,32 @@ from prefect_kubeflow.flows import server
 
 JOB_LABEL = "prefect-kubeflow.io/trainjob"
 SUPERVISOR_LABEL = "prefect-kubeflow.io/supervisor"
+_PAGE = 100
 logger = logging.getLogger(__name__)
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace: a pid means the same process only within one."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "?"
+
+
 def this_process() -> str:
-    """This process as a flow run's label names it: ``host:pid:start``."""
+    """This process as a flow run's label names it: ``host:pid:start:pid-namespace``."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{processes.start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{processes.start_time(pid)}:{_pid_namespace()}"
 
 
 def process_died(identity: str) -> bool:
-    """Whether the process a label names is known to be gone (only this host's can be)."""
-    host, _, rest = identity.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit() or not start.isdigit():
+    """Whether the process a label names is known to be gone: only one of this host and PID
+    namespace can be judged (a container sharing the host's name has its own pids)."""
+    parts = identity.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[3] != _pid_namespace():
+        return False
+    pid, start = parts[1], parts[2]
+    if not pid.isdigit() or not start.isdigit():
         return False
     return not processes.is_alive(int(pid), int(start))
 
@@ -64,13 +77,21 @@ def find_flow_runs(names: Iterable[str]) -> dict[str, FlowRun]:
     url = api_url()
     if not names or not url:
         return {}
-    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=names),
-                tags=FlowRunFilterTags(all_=[constants.FLOW_RUN_TAG]),
-            )
-        )
+    runs: list[FlowRun] = []
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            for start in range(0, len(names), _PAGE):  # the API caps one answer's length
+                runs += client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        name=FlowRunFilterName(any_=names[start : start + _PAGE]),
+                        tags=FlowRunFilterTags(all_=[constants.FLOW_RUN_TAG]),
+                    ),
+                    limit=_PAGE,
+                )
+    except httpx.HTTPError as exc:
+        # A job's views never depend on Prefect: without its API, no flow run is known.
+        logger.warning("the Prefect API at %s did not answer: %s", url, exc)
+        return {}
     found: dict[str, FlowRun] = {}
     for run in sorted(runs, key=lambda r: r.created or 0):
         found[run.name] = run
@@ -94,10 +115,13 @@ def close_flow_run(flow_run_id: UUID, state: State) -> None:
     url = api_url()
     if not url:
         return
-    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run_id)
-        if run.state is None or not run.state.is_final():
-            client.set_flow_run_state(flow_run_id, state, force=True)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is None or not run.state.is_final():
+                client.set_flow_run_state(flow_run_id, state, force=True)
+    except httpx.HTTPError as exc:
+        logger.warning("flow run %s could not be closed %s: %s", flow_run_id, state.name, exc)
 
 
 def await_final(run: FlowRun, timeout: float) -> FlowRun:
@@ -108,12 +132,15 @@ def await_final(run: FlowRun, timeout: float) -> FlowRun:
     if not url or process_died(identity):
         return run
     deadline = time.monotonic() + timeout
-    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        while run.state is not None and not run.state.is_final():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-            run = client.read_flow_run(run.id)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            while run.state is not None and not run.state.is_final():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+                run = client.read_flow_run(run.id)
+    except httpx.HTTPError as exc:
+        logger.warning("the Prefect API at %s did not answer: %s", url, exc)
     return run
 
 

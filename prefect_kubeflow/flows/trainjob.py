@@ -18,11 +18,11 @@ from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, JobSpec
+from prefect_kubeflow.backends.base import Backend, JobSpec, is_active
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError
-from prefect_kubeflow.flows.gang import watch_node
+from prefect_kubeflow.flows.gang import watch_gang, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
 
@@ -62,16 +62,19 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
     label_flow_run(context.flow_run.id, name)
-    try:
-        final = backend.describe(name)
-        if final is not None:
-            wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
-            final = backend.describe(name)
-    finally:
-        if backend_config.auto_remove:
-            remove(backend, name)
+    final = backend.describe(name)
     if final is None:
-        return Cancelled(message=f"TrainJob {name!r} is gone: it was deleted")
+        return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
+    wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
+    final = backend.describe(name)
+    if final is not None and is_active(final.status):
+        # A node's task ended before its node (an engine error): keep the gang whole anyway.
+        logger.warning("TrainJob %s still runs after its node tasks; watching it", name)
+        final = watch_gang(backend, name)
+    if final is None:
+        return Cancelled(message=f"TrainJob {name!r} was deleted")
+    if backend_config.auto_remove:
+        remove(backend, name)
     if final.status != constants.TRAINJOB_COMPLETE:
         raise JobFailedError(name, final.message or f"status {final.status}")
     return {"name": name, "status": final.status}
@@ -81,7 +84,7 @@ def remove(backend: Backend, name: str) -> None:
     """Remove an ended job (``auto_remove``); a failure to is logged, not raised."""
     try:
         backend.delete(name)
-    except BackendError as exc:
+    except (BackendError, OSError) as exc:
         logger.warning("auto_remove could not remove TrainJob %s: %s", name, exc)
 
 

@@ -139,7 +139,9 @@ class ContainerBackend(Backend):
     def _remove_after_failure(self, name: str, job_dir: Path) -> None:
         """Clean up a job that could not be created, without hiding why it could not."""
         try:
-            self._remove(name, job_dir)
+            # Only what this call made (labelled with its folder): a name conflict means the
+            # other objects of that name belong to someone else.
+            self._remove(name, job_dir, only_this_folder=True)
         except BackendError as exc:
             logger.warning("could not remove what was created of job %s: %s", name, exc)
         remove_tree(job_dir, f"the folder of job {name}")
@@ -182,9 +184,18 @@ class ContainerBackend(Backend):
         return self._to_trainjob(nodes) if nodes and not _deleting(nodes) else None
 
     def list_jobs(self) -> list[TrainJob]:
-        """Every job on the engine, oldest first."""
-        groups = _by_job(self._nodes()).values()
-        jobs = [self._to_trainjob(nodes) for nodes in groups if not _deleting(nodes)]
+        """Every job on the engine, oldest first; one whose record this version cannot read
+        is skipped with a warning."""
+        jobs = []
+        for name, nodes in _by_job(self._nodes()).items():
+            if _deleting(nodes):
+                continue
+            try:
+                jobs.append(self._to_trainjob(nodes))
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning(
+                    "skipping %s: its record is not one this version reads (%s)", name, exc
+                )
         return sorted(jobs, key=lambda job: job.creation_timestamp)
 
     def _to_trainjob(self, containers: list[_Node]) -> TrainJob:
@@ -290,11 +301,14 @@ class ContainerBackend(Backend):
             self.stop(name)
         return self._remove(name, job_dir)
 
-    def _remove(self, name: str, job_dir: Path) -> bool:
+    def _remove(self, name: str, job_dir: Path, only_this_folder: bool = False) -> bool:
         """Remove every container, the network and the folder of the job; whatever exists.
         Whether anything did."""
         api = self.engine.client.api
-        label = {"label": [f"{JOB_LABEL}={name}", BACKEND_LABEL]}
+        labels = [f"{JOB_LABEL}={name}", BACKEND_LABEL]
+        if only_this_folder:
+            labels.append(f"{JOB_DIR_LABEL}={job_dir}")
+        label = {"label": labels}
         with engine_errors(f"listing what is left of {name}"):
             containers = api.containers(all=True, filters=label)
             networks = api.networks(filters=label)

@@ -115,9 +115,11 @@ def engine_errors(what: str) -> Iterator[None]:
 
 
 def is_not_found(exc: Exception) -> bool:
-    """Whether `exc` says the object is gone (Podman may answer 500 for that)."""
+    """Whether `exc` says the object is gone or going: Podman may answer 500 for that, and
+    Docker 409 while another call removes it."""
+    reason = _reason(exc).lower()
     return isinstance(exc, NotFound) or (
-        isinstance(exc, APIError) and "no such" in _reason(exc).lower()
+        isinstance(exc, APIError) and ("no such" in reason or "already in progress" in reason)
     )
 
 
