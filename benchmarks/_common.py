@@ -45,14 +45,14 @@ def isolated_home() -> Iterator[Path]:
 def supervisor_of(name: str, timeout: float = 300.0) -> tuple[int, int, str]:
     """(pid, start time, flow run id) of the process running job `name`'s flow, read from
     the labels of its flow run, as the client finds it."""
-    from prefect_kubeflow.flows.runs import SUPERVISOR_LABEL, find_flow_runs
+    from prefect_kubeflow.flows import runs
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = find_flow_runs([name]).get(name)
-        if run is not None and SUPERVISOR_LABEL in (run.labels or {}):
-            _, pid, start, _ = str(run.labels[SUPERVISOR_LABEL]).split(":")
-            return int(pid), int(start), str(run.id)
+        run = runs.find_flow_runs([name]).get(name)
+        supervisor = runs.supervisor_of(run) if run is not None else None
+        if run is not None and supervisor is not None:
+            return supervisor[1], supervisor[2], str(run.id)
         time.sleep(0.1)
     raise TimeoutError(f"no flow run of {name} named its process within {timeout} s")
 

@@ -75,15 +75,12 @@ def flow_run_of(name: str, final: bool = False, timeout: float = 180.0):
 
 def supervisor_of(name: str) -> tuple[int, int]:
     """(pid, start time) of the process running the job's flow, from its flow run's label."""
-    from prefect_kubeflow.flows.runs import SUPERVISOR_LABEL
+    from prefect_kubeflow.flows import runs
 
-    run = wait_for(
-        lambda: (r := flow_run_of(name)) and SUPERVISOR_LABEL in (r.labels or {}) and r,
-        180,
-        "the supervisor's label",
+    _, pid, start = wait_for(
+        lambda: runs.supervisor_of(flow_run_of(name)), 180, "the supervisor's label"
     )
-    _, pid, start, _ = run.labels[SUPERVISOR_LABEL].split(":")
-    return int(pid), int(start)
+    return pid, start
 
 
 def wait_supervisor_exit(name: str, timeout: float = 180.0) -> None:

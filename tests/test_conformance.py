@@ -36,7 +36,7 @@ from prefect_kubeflow.errors import (
     JobNotFoundError,
     RuntimeNotFoundError,
 )
-from prefect_kubeflow.flows import supervisor
+from prefect_kubeflow.flows import runs, supervisor
 from prefect_kubeflow.flows.trainjob import run_trainjob
 
 TESTS_DIR = os.path.dirname(__file__)
@@ -56,9 +56,9 @@ def client(harness):
     names = [job.name for job in trainer_client.list_jobs()]
     supervisors = {}
     for name in names:
-        run = flow_run_of(name, timeout=60)
-        if "prefect-kubeflow.io/supervisor" in (run.labels or {}):
-            supervisors[name] = supervisor_of(name)
+        supervisor = runs.supervisor_of(flow_run_of(name, timeout=60))
+        if supervisor is not None:
+            supervisors[name] = supervisor[1:]
         trainer_client.delete_job(name)
     for name in names:
         assert harness.leftovers(name) == [], f"left of {name}"

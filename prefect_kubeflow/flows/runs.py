@@ -11,11 +11,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import httpx
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -71,76 +73,84 @@ def api_url() -> str | None:
     return PREFECT_API_URL.value() or server.running_server_url()
 
 
+@contextmanager
+def _prefect_api() -> Iterator[SyncPrefectClient | None]:
+    """A client of the Prefect API at hand (None when there is none). An API that does not
+    answer ends the block with a warning, not an error: a job's views never depend on Prefect."""
+    url = api_url()
+    if not url:
+        yield None
+        return
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            yield client
+    except httpx.HTTPError as exc:
+        logger.warning("the Prefect API at %s did not answer: %s", url, exc)
+
+
+def supervisor_of(run: FlowRun) -> tuple[str, int, int] | None:
+    """(label, pid, start time) of the process running the flow run, from its label."""
+    identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
+    parts = identity.split(":")
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return identity, int(parts[1]), int(parts[2])
+
+
 def find_flow_runs(names: Iterable[str]) -> dict[str, FlowRun]:
     """The newest flow run of each job in `names` that has one; {} with no API at hand."""
     names = list(names)
-    url = api_url()
-    if not names or not url:
-        return {}
     runs: list[FlowRun] = []
-    try:
-        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            for start in range(0, len(names), _PAGE):  # the API caps one answer's length
-                runs += client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        name=FlowRunFilterName(any_=names[start : start + _PAGE]),
-                        tags=FlowRunFilterTags(all_=[constants.FLOW_RUN_TAG]),
-                    ),
-                    limit=_PAGE,
-                )
-    except httpx.HTTPError as exc:
-        # A job's views never depend on Prefect: without its API, no flow run is known.
-        logger.warning("the Prefect API at %s did not answer: %s", url, exc)
-        return {}
-    found: dict[str, FlowRun] = {}
-    for run in sorted(runs, key=lambda r: r.created or 0):
-        found[run.name] = run
-    return found
+    with _prefect_api() as client:
+        if client is None or not names:
+            return {}
+        fetched: list[FlowRun] = []
+        for start in range(0, len(names), _PAGE):  # the API caps one answer's length
+            fetched += client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=names[start : start + _PAGE]),
+                    tags=FlowRunFilterTags(all_=[constants.FLOW_RUN_TAG]),
+                ),
+                limit=_PAGE,
+            )
+        runs = fetched
+    return {run.name: run for run in sorted(runs, key=lambda r: r.created or 0)}
 
 
 def close_lost_flow_runs(names: Iterable[str]) -> None:
     """Close Crashed the flow runs of `names` whose process died before it could close them."""
     for name, run in find_flow_runs(names).items():
-        identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
-        if run.state is None or run.state.is_final() or not identity:
+        supervisor = supervisor_of(run)
+        if run.state is None or run.state.is_final() or supervisor is None:
             continue
-        if process_died(identity):
-            pid = identity.split(":")[1]
-            message = f"the process running TrainJob {name!r}'s flow (pid {pid}) died"
+        if process_died(supervisor[0]):
+            message = f"the process running TrainJob {name!r}'s flow (pid {supervisor[1]}) died"
             close_flow_run(run.id, Crashed(message=message))
 
 
 def close_flow_run(flow_run_id: UUID, state: State) -> None:
     """Give the flow run its final `state` unless it already has one."""
-    url = api_url()
-    if not url:
-        return
-    try:
-        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(flow_run_id, state, force=True)
-    except httpx.HTTPError as exc:
-        logger.warning("flow run %s could not be closed %s: %s", flow_run_id, state.name, exc)
+    with _prefect_api() as client:
+        if client is None:
+            return
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_final():
+            client.set_flow_run_state(flow_run_id, state, force=True)
 
 
 def await_final(run: FlowRun, timeout: float) -> FlowRun:
     """The flow run once it has ended, or as it is after `timeout` seconds (at once when the
     process running it is gone)."""
-    url = api_url()
-    identity = str((run.labels or {}).get(SUPERVISOR_LABEL) or "")
-    if not url or process_died(identity):
+    supervisor = supervisor_of(run)
+    if supervisor is not None and process_died(supervisor[0]):
         return run
     deadline = time.monotonic() + timeout
-    try:
-        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            while run.state is not None and not run.state.is_final():
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-                run = client.read_flow_run(run.id)
-    except httpx.HTTPError as exc:
-        logger.warning("the Prefect API at %s did not answer: %s", url, exc)
+    with _prefect_api() as client:
+        while client is not None and run.state is not None and not run.state.is_final():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            run = client.read_flow_run(run.id)
     return run
 
 
