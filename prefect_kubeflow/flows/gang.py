@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend
+from prefect_kubeflow.backends.base import Backend, is_active
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import TrainJob
@@ -78,3 +78,23 @@ def watch_gang(backend: Backend, name: str) -> TrainJob | None:
     for thread in threads:
         thread.join()
     return backend.describe(name)
+
+
+def finish(backend: Backend, name: str, auto_remove: bool) -> TrainJob | None:
+    """The job once none of its nodes runs (watching the gang while any does), removed then
+    if `auto_remove`; None once deleted. The end of every plan, with Prefect or without."""
+    job = backend.describe(name)
+    if job is not None and is_active(job.status):
+        logger.info("TrainJob %s still runs; watching its nodes", name)
+        job = watch_gang(backend, name)
+    if job is not None and auto_remove:
+        remove(backend, name)
+    return job
+
+
+def remove(backend: Backend, name: str) -> None:
+    """Remove an ended job (``auto_remove``); a failure to is logged, not raised."""
+    try:
+        backend.delete(name)
+    except (BackendError, OSError) as exc:
+        logger.warning("auto_remove could not remove TrainJob %s: %s", name, exc)

@@ -67,9 +67,9 @@ def main(payload: dict[str, Any]) -> int:
     # Before Prefect reads its settings.
     os.environ["PREFECT_API_URL"] = payload["api_url"] or ensure_server()
     from prefect_kubeflow.blocks import TrainingBackendConfig
-    from prefect_kubeflow.flows.gang import watch_gang
+    from prefect_kubeflow.flows.gang import finish
     from prefect_kubeflow.flows.logs import drain
-    from prefect_kubeflow.flows.trainjob import remove, run_trainjob
+    from prefect_kubeflow.flows.trainjob import run_trainjob
 
     name = payload["job"]
     # The block's own type, found from its block_type_slug by Prefect's block dispatch.
@@ -81,10 +81,7 @@ def main(payload: dict[str, Any]) -> int:
     except Exception:
         # Training must not die with the Prefect API: keep the gang whole without its flow run.
         logger.exception("the trainjob flow could not run; watching the nodes without Prefect")
-        backend = config.get_backend()
-        job = watch_gang(backend, name)
-        if config.auto_remove:
-            remove(backend, name)
+        job = finish(config.get_backend(), name, config.auto_remove)
         completed = job is not None and job.status == constants.TRAINJOB_COMPLETE
     if config.auto_remove:  # nothing of the job is kept, this log included
         log_path(name).unlink(missing_ok=True)

@@ -7,7 +7,6 @@ forwarding its log, tear the gang down when a node fails, and clean up (``auto_r
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,16 +17,15 @@ from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, JobSpec, is_active
+from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
-from prefect_kubeflow.errors import BackendError, JobFailedError
-from prefect_kubeflow.flows.gang import watch_gang, watch_node
+from prefect_kubeflow.errors import JobFailedError
+from prefect_kubeflow.flows.gang import finish, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
 
 MAX_NODES = 256
-logger = logging.getLogger(__name__)
 
 
 @task(name="node", task_run_name="node-{node_index}")
@@ -66,26 +64,13 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
     wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
-    final = backend.describe(name)
-    if final is not None and is_active(final.status):
-        # A node's task ended before its node (an engine error): keep the gang whole anyway.
-        logger.warning("TrainJob %s still runs after its node tasks; watching it", name)
-        final = watch_gang(backend, name)
+    # Still running here only if a node's task ended before its node (an engine error).
+    final = finish(backend, name, backend_config.auto_remove)
     if final is None:
         return Cancelled(message=f"TrainJob {name!r} was deleted")
-    if backend_config.auto_remove:
-        remove(backend, name)
     if final.status != constants.TRAINJOB_COMPLETE:
         raise JobFailedError(name, final.message or f"status {final.status}")
     return {"name": name, "status": final.status}
-
-
-def remove(backend: Backend, name: str) -> None:
-    """Remove an ended job (``auto_remove``); a failure to is logged, not raised."""
-    try:
-        backend.delete(name)
-    except (BackendError, OSError) as exc:
-        logger.warning("auto_remove could not remove TrainJob %s: %s", name, exc)
 
 
 def run_trainjob(
