@@ -102,6 +102,12 @@ class NodeState:
     phase: str
     ended_at: float = float("inf")
 
+    @classmethod
+    def ended(cls, exit_code: int, at: float) -> NodeState:
+        """A node that exited with `exit_code` at `at`: Succeeded on 0, else Failed."""
+        ok = exit_code == 0
+        return cls(constants.STEP_SUCCEEDED if ok else constants.STEP_FAILED, at)
+
 
 _ACTIVE = (constants.TRAINJOB_CREATED, constants.TRAINJOB_RUNNING)
 

@@ -28,7 +28,13 @@ from platformdirs import user_cache_dir, user_data_dir
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, NodeState, to_trainjob
-from prefect_kubeflow.backends.jobfiles import node_failure, node_log, read_exit, write_function
+from prefect_kubeflow.backends.jobfiles import (
+    node_exit_file,
+    node_failure,
+    node_log,
+    read_exit,
+    write_function,
+)
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import JobNotFoundError, NameConflictError
@@ -191,8 +197,7 @@ class LocalProcessBackend(Backend):
         nodes = []
         for rank, ended in enumerate(exits):
             if ended is not None:
-                phase = constants.STEP_SUCCEEDED if ended["code"] == 0 else constants.STEP_FAILED
-                nodes.append(NodeState(phase, ended["at"]))
+                nodes.append(NodeState.ended(ended["code"], ended["at"]))
             elif not alive:
                 nodes.append(NodeState(constants.STEP_FAILED))
             elif node_log(job_dir, rank).exists():
@@ -219,7 +224,7 @@ class LocalProcessBackend(Backend):
         job_dir = self._dir(name)
         if job_dir is None:
             raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
-        exit_file = job_dir / f"{constants.NODE}-{node_index}.exit"
+        exit_file = node_exit_file(job_dir, node_index)
 
         def ended() -> bool:
             return exit_file.exists() or self._dir(name) is None or not host_alive(job_dir)

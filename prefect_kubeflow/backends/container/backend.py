@@ -212,9 +212,7 @@ class ContainerBackend(Backend):
                     NodeState(constants.STEP_FAILED if complete else constants.STEP_PENDING)
                 )
             elif node.exit_code is not None:
-                ok = node.exit_code == 0
-                phase = constants.STEP_SUCCEEDED if ok else constants.STEP_FAILED
-                states.append(NodeState(phase, node.finished_at))
+                states.append(NodeState.ended(node.exit_code, node.finished_at))
             elif node.state in PENDING_STATES:
                 states.append(NodeState(constants.STEP_PENDING))
             else:
