@@ -19,6 +19,20 @@ from prefect_kubeflow.blocks import TrainingBackendConfig
 TEST_IMAGE = os.environ.get("PK_TEST_IMAGE", "localhost/prefect-kubeflow-test:torch-2.13.0")
 
 
+def engine_client(engine: str) -> docker.DockerClient:
+    """A client of `engine` with the test image present. Without them the test skips (a
+    machine with no engine); CI requires both engines (PK_REQUIRE_ENGINES=1): there it fails."""
+    try:
+        client = docker.DockerClient(base_url=default_host(engine), timeout=60)
+        client.ping()
+        client.images.get(TEST_IMAGE)
+    except docker.errors.DockerException as exc:
+        if os.environ.get("PK_REQUIRE_ENGINES"):
+            raise
+        pytest.skip(f"{engine} or its test image is not available here: {exc}")
+    return client
+
+
 def _cmdlines() -> dict[int, bytes]:
     found = {}
     for entry in Path("/proc").iterdir():
@@ -81,14 +95,7 @@ class ContainerHarness:
         self.engine = engine
         self.root = root
         (root / "shared").mkdir(exist_ok=True)
-        try:
-            self.api = docker.DockerClient(base_url=default_host(engine), timeout=60)
-            self.api.ping()
-            self.api.images.get(TEST_IMAGE)
-        except docker.errors.DockerException as exc:
-            if os.environ.get("PK_REQUIRE_ENGINES"):
-                raise
-            pytest.skip(f"{engine} or its test image is not available here: {exc}")
+        self.api = engine_client(engine)
 
     def config(self, **overrides) -> TrainingBackendConfig:
         return ContainerBackendConfig(

@@ -4,18 +4,18 @@ of its jobs by label: no container, no network, no folder."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import tarfile
 
 import docker
 import pytest
+from harnesses import TEST_IMAGE, engine_client
 from package_index import package_index
 from training_functions import import_package, print_env, sleep_forever
 
 from prefect_kubeflow import ContainerBackendConfig, CustomTrainer, TrainerClient
-from prefect_kubeflow.backends.container.engine import connect, default_host
+from prefect_kubeflow.backends.container.engine import connect
 from prefect_kubeflow.backends.container.specs import JOB_LABEL
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
@@ -27,21 +27,7 @@ from prefect_kubeflow.errors import (
     NameConflictError,
 )
 
-TEST_IMAGE = os.environ.get("PK_TEST_IMAGE", "localhost/prefect-kubeflow-test:torch-2.13.0")
 ENGINES = ("docker", "podman")
-
-
-def engine_client(engine: str) -> docker.DockerClient:
-    """A client of `engine`; CI requires both engines (PK_REQUIRE_ENGINES=1)."""
-    try:
-        client = docker.DockerClient(base_url=default_host(engine), timeout=60)
-        client.ping()
-        client.images.get(TEST_IMAGE)
-    except docker.errors.DockerException as exc:
-        if os.environ.get("PK_REQUIRE_ENGINES"):
-            raise
-        pytest.skip(f"{engine} or its test image is not available here: {exc}")
-    return client
 
 
 @pytest.fixture(params=ENGINES)
