@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prefect_kubeflow.blocks import (
         ContainerBackendConfig,
+        KubernetesBackendConfig,
         LocalProcessBackendConfig,
         TrainingBackendConfig,
         TrainingRuntimeSource,
@@ -35,6 +36,7 @@ _EXPORTS = {
     "TrainerClient": "prefect_kubeflow.client",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
     "ContainerBackendConfig": "prefect_kubeflow.blocks",
+    "KubernetesBackendConfig": "prefect_kubeflow.blocks",
     "TrainingBackendConfig": "prefect_kubeflow.blocks",
     "TrainingRuntimeSource": "prefect_kubeflow.blocks",
     "CustomTrainer": "prefect_kubeflow.types",
@@ -51,6 +53,7 @@ __all__ = [
     "CustomTrainer",
     "CustomTrainerContainer",
     "Event",
+    "KubernetesBackendConfig",
     "LocalProcessBackendConfig",
     "Runtime",
     "RuntimeTrainer",

@@ -32,6 +32,7 @@ from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
 from prefect_kubeflow.types import (
     CustomTrainer,
     CustomTrainerContainer,
+    Event,
     Runtime,
     TrainerType,
     TrainJob,
@@ -71,12 +72,14 @@ class TrainerClient:
         self.backend = self.backend_config.get_backend()
         source = self.backend_config.runtime_source
         self.runtimes = source.get_catalog() if source is not None else RuntimeCatalog()
+        self.runtimes.first = self.backend.runtimes  # a cluster's runtimes come first
 
     # -- runtimes ----------------------------------------------------------------------------
 
     def list_runtimes(self, refresh: bool = False) -> list[Runtime]:
-        """The available training runtimes: the backend config's `runtime_source` in order,
-        then the built-in ones; each `Runtime.origin` says where it was read from.
+        """The available training runtimes: the backend's own (a cluster's
+        ClusterTrainingRuntimes), the backend config's `runtime_source` in order, then the
+        built-in ones; each `Runtime.origin` says where it was read from.
 
         A source that fails is skipped with a `RuntimeSourceWarning` (a stale cached copy
         serves if there is one). `refresh` fetches remote sources even when cached.
@@ -226,6 +229,16 @@ class TrainerClient:
         job = self.backend.get(name)
         runs.close_lost_flow_runs([name])
         return job
+
+    def get_job_events(self, name: str) -> list[Event]:
+        """What happened to the TrainJob `name` and its nodes, oldest first, as its backend
+        records it (on Kubernetes: the cluster's events about the TrainJob and its pods).
+
+        Raises:
+            JobNotFoundError: No TrainJob has this name.
+            BackendError: The backend records no events.
+        """
+        return self.backend.events(name)
 
     def get_job_logs(
         self,

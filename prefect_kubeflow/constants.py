@@ -49,6 +49,12 @@ MEMORY_LABEL = "memory"
 GPU_LABEL = "nvidia.com/gpu"
 RESOURCE_KEYS = frozenset({CPU_LABEL, MEMORY_LABEL, "gpu", GPU_LABEL})
 
+# Labels and annotations on what the backends create (Kubeflow's names where it has one).
+TRAINJOB_NAME_LABEL = "trainer.kubeflow.org/trainjob-name"
+LABEL_PREFIX = "prefect-kubeflow.io/"
+BACKEND_VERSION_LABEL = LABEL_PREFIX + "backend-version"
+JOB_RECORD_KEY = LABEL_PREFIX + "job"  # the JobRecord: what get_job shows the engine does not know
+
 # The folder name under the user's data and cache folders.
 APP_NAME = "prefect-kubeflow"
 

@@ -22,7 +22,11 @@ Each also subclasses the builtin that Kubeflow SDK users already catch::
     └── BackendError (RuntimeError)         the backend could not do what was asked
         ├── EngineUnavailableError          no Docker/Podman engine answers
         ├── ImageUnavailableError           the image is missing and cannot be pulled
-        └── NameConflictError               a container or network of that name exists
+        ├── NameConflictError               a container, network or TrainJob of that name exists
+        ├── ClusterUnavailableError         the Kubernetes API is unreachable or not trusted
+        ├── ClusterPermissionError (PermissionError)  RBAC forbids a call (verb and resource named)
+        ├── NamespaceNotFoundError          the configured namespace does not exist
+        └── TrainerNotInstalledError        the cluster has no Kubeflow Trainer CRDs
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections.abc import Iterable
 
 __all__ = [
     "BackendError",
+    "ClusterPermissionError",
+    "ClusterUnavailableError",
     "EngineUnavailableError",
     "ImageUnavailableError",
     "InvalidFuncArgsError",
@@ -44,6 +50,7 @@ __all__ = [
     "JobNotFoundError",
     "JobTimeoutError",
     "NameConflictError",
+    "NamespaceNotFoundError",
     "NotFoundError",
     "PrefectKubeflowError",
     "RuntimeFetchError",
@@ -52,6 +59,7 @@ __all__ = [
     "RuntimeSourceError",
     "RuntimeSourceWarning",
     "StepNotFoundError",
+    "TrainerNotInstalledError",
 ]
 
 
@@ -167,7 +175,23 @@ class ImageUnavailableError(BackendError):
 
 
 class NameConflictError(BackendError):
-    """A container or network with the job's name already exists."""
+    """A container, network or TrainJob with the job's name already exists."""
+
+
+class ClusterUnavailableError(EngineUnavailableError):
+    """The Kubernetes API does not answer, or its certificate is not trusted."""
+
+
+class ClusterPermissionError(BackendError, PermissionError):
+    """The cluster's RBAC forbids a call; the message names the verb, resource and namespace."""
+
+
+class NamespaceNotFoundError(BackendError):
+    """The namespace the backend is configured with does not exist on the cluster."""
+
+
+class TrainerNotInstalledError(BackendError):
+    """The cluster does not serve the Kubeflow Trainer API (its CRDs are not installed)."""
 
 
 class RuntimeSourceWarning(UserWarning):

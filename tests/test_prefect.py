@@ -13,6 +13,7 @@ from training_functions import fail_on_rank
 from prefect_kubeflow import (
     ContainerBackendConfig,
     CustomTrainer,
+    KubernetesBackendConfig,
     LocalProcessBackendConfig,
     TrainerClient,
     TrainingRuntimeSource,
@@ -37,7 +38,12 @@ def test_a_failing_subflow_fails_the_parent(config):
 
 class TestBlocks(BlockStandardTestSuite):
     @pytest.fixture(
-        params=[LocalProcessBackendConfig, ContainerBackendConfig, TrainingRuntimeSource]
+        params=[
+            LocalProcessBackendConfig,
+            ContainerBackendConfig,
+            KubernetesBackendConfig,
+            TrainingRuntimeSource,
+        ]
     )
     def block(self, request):
         return request.param
@@ -60,7 +66,11 @@ def test_block_register_from_the_module():
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    blocks = ("Kubeflow Local Process Backend", "Kubeflow Container Backend")
+    blocks = (
+        "Kubeflow Local Process Backend",
+        "Kubeflow Container Backend",
+        "Kubeflow Kubernetes Backend",
+    )
     for name in (*blocks, "Kubeflow Training Runtime Source"):
         assert name in result.stdout, result.stdout
 
@@ -84,3 +94,9 @@ def test_the_supervisor_gets_the_config_with_its_secrets_and_its_own_type():
     assert rebuilt.runtime_source.github_token.get_secret_value() == "ghp_token"
     # Without the context the secrets stay hidden, as in a flow run's parameters.
     assert "s3cret" not in config.model_dump_json()
+    kube = KubernetesBackendConfig(kubeconfig=SecretStr("kind: Config\ntoken: t0ken\n"))
+    payload = kube.model_dump(mode="json", context={"include_secrets": True})
+    rebuilt = TrainingBackendConfig.model_validate(payload)
+    assert type(rebuilt) is KubernetesBackendConfig
+    assert rebuilt.backend_settings().kubeconfig == {"kind": "Config", "token": "t0ken"}
+    assert "t0ken" not in kube.model_dump_json()

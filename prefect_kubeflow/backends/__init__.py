@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "local": "prefect_kubeflow.backends.local:LocalProcessBackend",
     "container": "prefect_kubeflow.backends.container.backend:ContainerBackend",
+    "kubernetes": "prefect_kubeflow.backends.kubernetes.backend:KubernetesBackend",
 }
 
 

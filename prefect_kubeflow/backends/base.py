@@ -15,16 +15,20 @@ status, once for all.
 from __future__ import annotations
 
 import json
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.errors import JobNotFoundError
-from prefect_kubeflow.types import Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
+from prefect_kubeflow.errors import BackendError, JobNotFoundError
+from prefect_kubeflow.types import Event, Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
+
+if TYPE_CHECKING:
+    from prefect_kubeflow.runtimes.parsing import RuntimeSpec
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,15 @@ class NodeState:
         """A node that exited with `exit_code` at `at`: Succeeded on 0, else Failed."""
         ok = exit_code == 0
         return cls(constants.STEP_SUCCEEDED if ok else constants.STEP_FAILED, at)
+
+
+def exit_header(node_index: int, code: int) -> str:
+    """How a node ended, for a failure message: ``node-1 exited with 1``, or ``node-1 was
+    killed by SIGKILL`` (a negative code, or a shell's and an engine's 128 + signal)."""
+    if code > 128 and code - 128 in {s.value for s in signal.Signals}:
+        code = -(code - 128)
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    return f"{constants.NODE}-{node_index} {how}"
 
 
 _ACTIVE = (constants.TRAINJOB_CREATED, constants.TRAINJOB_RUNNING)
@@ -208,6 +221,31 @@ class Backend(ABC):
     def delete(self, name: str) -> bool:
         """Stop the job if it runs and remove whatever exists of it; safe to call again (also
         after a delete that was interrupted). Whether there was anything to remove."""
+
+    # -- what some engines offer -------------------------------------------------------------
+
+    def record_flow_run(self, name: str, flow_run_id: str) -> None:
+        """Keep the id of the job's Prefect flow run with the job where the engine lets a job's
+        metadata change (a TrainJob's labels). Engines whose labels are fixed at creation keep
+        none: the flow run's own label links it to its job."""
+        return None
+
+    def events(self, name: str) -> list[Event]:
+        """What happened to the job, oldest first, as the engine records it.
+
+        Raises:
+            JobNotFoundError: there is no such job.
+            BackendError: this engine records no events.
+        """
+        raise BackendError(
+            f"the {type(self).__name__} records no events of its jobs; the Kubernetes backend "
+            "reads them from the cluster"
+        )
+
+    def runtimes(self) -> list[RuntimeSpec]:
+        """Runtimes the engine itself serves (a cluster's ClusterTrainingRuntimes), listed
+        before the configured sources; an engine with none serves none."""
+        return []
 
     # -- the invariants, once ----------------------------------------------------------------
 

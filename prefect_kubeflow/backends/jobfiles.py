@@ -5,12 +5,11 @@ tracebacks, and the failure message built from them."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, exit_header
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.files import write_json_atomic
 
@@ -47,10 +46,7 @@ def read_exit(job_dir: Path, node_index: int) -> dict[str, Any] | None:
 
 def node_failure(job_dir: Path, node_index: int, code: int, nproc_per_node: int) -> str:
     """Why a node failed: how it ended, then a rank's traceback or the node's last stderr."""
-    if code > 128 and code - 128 in {s.value for s in signal.Signals}:
-        code = -(code - 128)  # a shell's (or an engine's) way of saying "killed by a signal"
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-    header = f"{constants.NODE}-{node_index} {how}"
+    header = exit_header(node_index, code)
     first_rank = node_index * nproc_per_node
     for global_rank in range(first_rank, first_rank + nproc_per_node):
         error = job_dir / "errors" / f"rank-{global_rank}.txt"

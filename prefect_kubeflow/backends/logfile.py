@@ -31,7 +31,7 @@ class LogLine:
     time: float = field(default=0.0, compare=False)
 
 
-def _coalesce(line: bytes) -> bytes:
+def coalesce(line: bytes) -> bytes:
     """Keep what a terminal would show: the text after the last carriage return."""
     line = line.removesuffix(b"\r")
     cut = line.rfind(b"\r")
@@ -49,7 +49,7 @@ class LineSplitter:
         """Lines completed by `chunk`; the unfinished rest is kept for the next call."""
         pieces = (self._tail + chunk).split(b"\n")
         self._tail = pieces.pop()
-        lines = [_coalesce(p) for p in pieces]
+        lines = [coalesce(p) for p in pieces]
         cut = self._tail.rfind(b"\r", 0, len(self._tail) - 1)
         if cut >= 0:  # a progress bar redrawing: only its latest frame matters
             self._tail = self._tail[cut + 1 :]
@@ -61,7 +61,7 @@ class LineSplitter:
     def close(self) -> list[bytes]:
         """The last, unterminated line, if any."""
         tail, self._tail = self._tail, b""
-        return [_coalesce(tail)] if tail else []
+        return [coalesce(tail)] if tail else []
 
 
 class NodeLogWriter:

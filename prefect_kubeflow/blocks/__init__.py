@@ -2,11 +2,13 @@
 
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.blocks.container import ContainerBackendConfig
+from prefect_kubeflow.blocks.kubernetes import KubernetesBackendConfig
 from prefect_kubeflow.blocks.local import LocalProcessBackendConfig
 from prefect_kubeflow.blocks.runtime_source import TrainingRuntimeSource
 
 __all__ = [
     "ContainerBackendConfig",
+    "KubernetesBackendConfig",
     "LocalProcessBackendConfig",
     "TrainingBackendConfig",
     "TrainingRuntimeSource",

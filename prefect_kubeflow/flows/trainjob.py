@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prefect import flow, tags, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import wait
 from prefect.states import Cancelled, State
@@ -20,7 +20,7 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
-from prefect_kubeflow.errors import JobFailedError
+from prefect_kubeflow.errors import BackendError, JobFailedError
 from prefect_kubeflow.flows.gang import finish, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
@@ -60,6 +60,10 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
     label_flow_run(context.flow_run.id, name)
+    try:
+        backend.record_flow_run(name, str(context.flow_run.id))
+    except BackendError as exc:  # a link for people to follow; the job runs without it
+        get_run_logger().warning("could not record the flow run on TrainJob %s: %s", name, exc)
     final = backend.describe(name)
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")

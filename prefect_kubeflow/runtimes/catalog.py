@@ -18,6 +18,7 @@ from platformdirs import user_cache_dir
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import (
+    PrefectKubeflowError,
     RuntimeFetchError,
     RuntimeNotFoundError,
     RuntimeSourceError,
@@ -62,6 +63,8 @@ class RuntimeCatalog:
         default_images: framework → image for runtimes that name no image; merged onto
             `constants.DEFAULT_FRAMEWORK_IMAGES`.
         include_builtin: whether the package's built-in runtimes come last.
+        first: runtimes that come before every source (a cluster's own, read on each load);
+            when it fails, it is reported as a failed source.
         clock: the time source of cache freshness (tests drive it).
     """
 
@@ -75,6 +78,7 @@ class RuntimeCatalog:
         default_images: Mapping[str, str] | None = None,
         include_builtin: bool = True,
         clock: Callable[[], float] = time.time,
+        first: Callable[[], list[RuntimeSpec]] | None = None,
     ) -> None:
         self.sources = list(sources)
         self.http = http or HttpSettings()
@@ -85,10 +89,17 @@ class RuntimeCatalog:
         )
         self.default_images = {**constants.DEFAULT_FRAMEWORK_IMAGES, **(default_images or {})}
         self.include_builtin = include_builtin
+        self.first = first
 
     def load(self, refresh: bool = False) -> CatalogListing:
         """Every runtime of every source; `refresh` fetches remote sources even when cached."""
         listing = CatalogListing()
+        if self.first is not None:
+            try:
+                for spec in self.first():
+                    listing.specs.setdefault(spec.runtime.name, spec)
+            except PrefectKubeflowError as exc:
+                listing.errors.append(RuntimeSourceError("the backend's runtimes", str(exc)))
         for text in self.sources:
             try:
                 source = parse_source(text, allow_http=self.http.allow_http)

@@ -24,13 +24,13 @@ from prefect_kubeflow.backends.torchrun import pip_install_command, torchrun_arg
 from prefect_kubeflow.types import gpu_count, memory_bytes, quantity
 
 # Labels: Kubeflow's names where Kubeflow has one.
-JOB_LABEL = "trainer.kubeflow.org/trainjob-name"
+JOB_LABEL = constants.TRAINJOB_NAME_LABEL
 STEP_LABEL = "trainer.kubeflow.org/step"
 RUNTIME_LABEL = "trainer.kubeflow.org/runtime-name"
-PREFIX = "prefect-kubeflow.io/"
-BACKEND_LABEL = PREFIX + "backend-version"
+PREFIX = constants.LABEL_PREFIX
+BACKEND_LABEL = constants.BACKEND_VERSION_LABEL
 NODE_LABEL = PREFIX + "node-index"
-RECORD_LABEL = PREFIX + "job"  # the JobRecord: what get_job shows that the engine does not know
+RECORD_LABEL = constants.JOB_RECORD_KEY
 JOB_DIR_LABEL = PREFIX + "job-dir"  # the job's host folder, whichever jobs_dir made it
 
 JOB_MOUNT = PurePosixPath("/pk-job")

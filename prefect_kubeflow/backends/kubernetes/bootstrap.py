@@ -1,0 +1,91 @@
+"""What every node container of a Kubernetes TrainJob runs. Standard library only.
+
+``python3 -c <this file's source> <payload JSON>``: the TrainJob's command carries this program
+and the payload as two argv items, so no value is ever spliced into a shell string. The payload
+is ``{"name", "args", "source", "entrypoint", "packages", "rendezvous_timeout"}``.
+
+It writes the shipped function and the worker entrypoint to a temporary folder, installs
+`packages` (pip reads ``PIP_INDEX_URL`` and friends from the environment), then runs torchrun,
+which takes the node's place in the job from the ``PET_*`` environment the Trainer injects.
+When a rank raised, its traceback's last lines become the container's termination message,
+which Kubernetes keeps in the pod's status (``state.terminated.message``).
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+# Where the kubelet reads the termination message (the pod's terminationMessagePath).
+TERMINATION_LOG = os.environ.get("PK_TERMINATION_LOG", "/dev/termination-log")
+TERMINATION_LIMIT = 4096  # bytes the kubelet keeps
+
+
+def write_job(payload: dict) -> str:
+    """The folder holding the function, its arguments and the worker entrypoint."""
+    job_dir = tempfile.mkdtemp(prefix="prefect-kubeflow-")
+    files = {
+        "function.py": payload["source"],
+        "entrypoint.py": payload["entrypoint"],
+        "function.json": json.dumps({"name": payload["name"], "args": payload["args"]}),
+    }
+    for name, text in files.items():
+        with open(os.path.join(job_dir, name), "w") as file:
+            file.write(text)
+    return job_dir
+
+
+def run(argv: list) -> int:
+    """Run `argv` in its own process group; SIGTERM (the pod stopping) is passed on to it."""
+    process = subprocess.Popen(argv, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    code = process.wait()
+    return 128 - code if code < 0 else code
+
+
+def record_failure(job_dir: str) -> None:
+    """Put the first failed rank's traceback tail where the kubelet reads the pod's
+    termination message; without one (torchrun itself failed), the log speaks."""
+    errors = os.path.join(job_dir, "errors")
+    ranks = sorted(os.listdir(errors), key=lambda n: int(n[5:-4])) if os.path.isdir(errors) else []
+    if not ranks:
+        return
+    with open(os.path.join(errors, ranks[0])) as file:
+        traceback = file.read().rstrip()
+    header = f"rank {ranks[0][5:-4]} raised:\n"
+    budget = TERMINATION_LIMIT - len(header.encode()) - 8
+    body = traceback.encode()[-budget:].decode(errors="ignore")
+    try:
+        with open(TERMINATION_LOG, "w") as file:
+            file.write(header + body)
+    except OSError:
+        pass  # not in a pod: the traceback is in the log
+
+
+def main(payload_json: str) -> int:
+    """Ship the function, install packages, run torchrun; the node's exit code."""
+    payload = json.loads(payload_json)
+    job_dir = write_job(payload)
+    if payload["packages"]:
+        code = run([sys.executable, "-m", "pip", "install", "--no-input", *payload["packages"]])
+        if code != 0:
+            return code
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    if payload.get("rendezvous_timeout"):
+        torchrun += ["--rdzv_conf", f"timeout={payload['rendezvous_timeout']}"]
+    code = run([*torchrun, os.path.join(job_dir, "entrypoint.py"), job_dir])
+    if code != 0:
+        record_failure(job_dir)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,213 @@
+"""A TrainJob as the Trainer CRD expects it, and its pods read back as nodes. Pure functions:
+every body the backend would send is checked in a test with no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect_kubeflow import constants
+from prefect_kubeflow._version import __version__
+from prefect_kubeflow.backends.base import JobRecord, JobSpec, NodeState, exit_header
+from prefect_kubeflow.backends.torchrun import ENTRYPOINT, pip_install_command
+from prefect_kubeflow.errors import InvalidInputError
+from prefect_kubeflow.types import gpu_count
+
+KIND = "TrainJob"
+RUNTIME_KIND = "ClusterTrainingRuntime"
+JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+FLOW_RUN_KEY = constants.LABEL_PREFIX + "flow-run-id"
+PATCH_MANAGER = constants.LABEL_PREFIX + "backend"
+PYTHON = "python3"
+BOOTSTRAP = Path(__file__).with_name("bootstrap.py").read_text()
+MAX_COMMAND_ITEM_BYTES = 1024 * 1024  # the CRD's limit on one command item
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
+_STOP_EXIT_CODE = 128 + 15  # SIGTERM: how a gang's other nodes are stopped
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value (at most 63 of ``[A-Za-z0-9._-]``, alphanumeric ends)."""
+    return _LABEL_VALUE.sub("-", text)[:63].strip("-._")
+
+
+def backend_labels() -> dict[str, str]:
+    """The label every TrainJob and pod of this backend carries (server-side selection)."""
+    return {constants.BACKEND_VERSION_LABEL: label_value(__version__)}
+
+
+def selector(labels: Mapping[str, str]) -> str:
+    """A label selector matching `labels`; a key with an empty value only has to exist."""
+    return ",".join(f"{key}={value}" if value else key for key, value in labels.items())
+
+
+def node_command(spec: JobSpec, rendezvous_timeout: int | None) -> list[str]:
+    """The node container's command: the bootstrap program and its payload, two argv items.
+
+    Raises:
+        InvalidInputError: the payload is over the CRD's 1 MiB per command item.
+    """
+    payload = json.dumps(
+        {
+            "name": spec.function_name,
+            "args": spec.func_args,
+            "source": spec.function_source,
+            "entrypoint": ENTRYPOINT.read_text(),
+            "packages": list(spec.packages_to_install),
+            "rendezvous_timeout": rendezvous_timeout,
+        }
+    )
+    if len(payload.encode()) > MAX_COMMAND_ITEM_BYTES:
+        raise InvalidInputError(
+            f"the function {spec.function_name!r} with its func_args is "
+            f"{len(payload.encode())} bytes; a TrainJob command item holds at most "
+            f"{MAX_COMMAND_ITEM_BYTES} (pass large data by path or URL instead)"
+        )
+    return [PYTHON, "-c", BOOTSTRAP, payload]
+
+
+def node_resources(resources: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``resourcesPerNode``: requests equal to limits, ``gpu`` as ``nvidia.com/gpu``."""
+    wanted: dict[str, str] = {}
+    for key in (constants.CPU_LABEL, constants.MEMORY_LABEL):
+        if key in resources:
+            wanted[key] = str(resources[key])
+    if gpu_count(resources):
+        wanted[constants.GPU_LABEL] = str(gpu_count(resources))
+    return {"requests": dict(wanted), "limits": dict(wanted)} if wanted else {}
+
+
+def node_env(spec: JobSpec) -> list[dict[str, str]]:
+    """The trainer's env, plus where pip finds packages when there are any to install."""
+    env = dict(spec.env)
+    if spec.packages_to_install:
+        index_urls = list(spec.pip_index_urls or constants.DEFAULT_PIP_INDEX_URLS)
+        env.update(pip_install_command(PYTHON, [], index_urls)[1])
+    return [{"name": key, "value": value} for key, value in env.items()]
+
+
+def build_trainjob(
+    spec: JobSpec, record: JobRecord, rendezvous_timeout: int | None = None
+) -> dict[str, Any]:
+    """The TrainJob running `spec`: its runtime by reference, the nodes' command, env and
+    resources, our labels on it and (through a runtime patch) on its pods, the record in an
+    annotation."""
+    labels = {**backend_labels(), constants.TRAINJOB_NAME_LABEL: spec.name}
+    trainer: dict[str, Any] = {
+        "numNodes": spec.num_nodes,
+        "numProcPerNode": record.nproc_per_node,
+        "command": node_command(spec, rendezvous_timeout),
+    }
+    if env := node_env(spec):
+        trainer["env"] = env
+    if resources := node_resources(spec.resources_per_node):
+        trainer["resourcesPerNode"] = resources
+    pod_metadata = {"labels": labels}
+    node_patch = {
+        "name": constants.NODE,
+        "template": {"spec": {"template": {"metadata": pod_metadata}}},
+    }
+    return {
+        "apiVersion": constants.API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": spec.name,
+            "labels": labels,
+            "annotations": {constants.JOB_RECORD_KEY: record.to_json()},
+        },
+        "spec": {
+            "runtimeRef": {
+                "apiGroup": constants.GROUP,
+                "kind": RUNTIME_KIND,
+                "name": spec.runtime_name,
+            },
+            "trainer": trainer,
+            "runtimePatches": [
+                {
+                    "manager": PATCH_MANAGER,
+                    "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_patch]}}},
+                }
+            ],
+        },
+    }
+
+
+def record_of(trainjob: Mapping[str, Any]) -> JobRecord:
+    """The record kept in the TrainJob's annotation."""
+    return JobRecord.from_json(trainjob["metadata"]["annotations"][constants.JOB_RECORD_KEY])
+
+
+def is_deleting(trainjob: Mapping[str, Any]) -> bool:
+    """Whether the TrainJob is being deleted (it then no longer reads as a job)."""
+    return bool(trainjob["metadata"].get("deletionTimestamp"))
+
+
+def verdict(trainjob: Mapping[str, Any]) -> str | None:
+    """Complete or Failed when a condition of that type is True; else None (still going)."""
+    for condition in trainjob.get("status", {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in (
+            constants.TRAINJOB_COMPLETE,
+            constants.TRAINJOB_FAILED,
+        ):
+            return str(condition["type"])
+    return None
+
+
+def pods_by_index(pods: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """The job's newest pod of each node index."""
+    newest: dict[int, Mapping[str, Any]] = {}
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        index = pod["metadata"].get("labels", {}).get(INDEX_LABEL)
+        if index is not None and str(index).isdigit():
+            newest[int(index)] = pod
+    return newest
+
+
+def terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The node container's terminated state; None while it has not ended."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == constants.NODE:
+            ended: Mapping[str, Any] | None = (status.get("state") or {}).get("terminated")
+            return ended
+    return None
+
+
+def node_state(pod: Mapping[str, Any] | None) -> NodeState:
+    """A pod as a node: its phase; once ended, when (a node SIGTERMed by the gang's stop
+    ranks after a failure in the same second: pod times have one-second precision)."""
+    phase = (pod or {}).get("status", {}).get("phase")
+    if pod is None or phase not in (constants.STEP_SUCCEEDED, constants.STEP_FAILED):
+        running = phase == constants.STEP_RUNNING
+        return NodeState(constants.STEP_RUNNING if running else constants.STEP_PENDING)
+    ended = terminated(pod) or {}
+    code = int(ended.get("exitCode", 0 if phase == constants.STEP_SUCCEEDED else 1))
+    at = _epoch(ended.get("finishedAt")) + (0.5 if code == _STOP_EXIT_CODE else 0.0)
+    return NodeState.ended(code, at)
+
+
+def failure_message(index: int, pod: Mapping[str, Any] | None, log_tail: str = "") -> str:
+    """Why a node failed: how it ended, an out-of-memory kill, then the failing rank's
+    traceback (the termination message) or, without one, the node's last lines."""
+    if pod is None:
+        return f"{constants.NODE}-{index}: its pod is gone"
+    ended = terminated(pod) or {}
+    message = exit_header(index, int(ended.get("exitCode", 1)))
+    if ended.get("reason") == "OOMKilled":
+        message += " (OOMKilled: out of memory; raise resources_per_node['memory'])"
+    detail = str(ended.get("message") or "").rstrip() or log_tail.rstrip()
+    if detail:
+        separator = "; " if detail.startswith("rank ") else "\n"
+        message += separator + detail
+    return message
+
+
+def _epoch(timestamp: str | None) -> float:
+    """A Kubernetes RFC 3339 time as Unix seconds; far future when absent."""
+    if not timestamp:
+        return float("inf")
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
