@@ -205,7 +205,10 @@ def _bootstrap(tmp_path, source, name, nproc=2):
 
 
 def test_the_bootstrap_runs_the_function_under_torchrun(tmp_path):
-    source = "def hello():\n    import os\n    print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n"
+    source = (
+        "def hello():\n    import os\n"
+        "    print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n"
+    )
     done = _bootstrap(tmp_path, source, "hello")
     assert done.returncode == 0, done.stderr
     assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == [
