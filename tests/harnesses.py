@@ -11,9 +11,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from prefect_kubeflow import ContainerBackendConfig, LocalProcessBackendConfig
+from prefect_kubeflow import (
+    ContainerBackendConfig,
+    KubernetesBackendConfig,
+    LocalProcessBackendConfig,
+)
 from prefect_kubeflow.backends.container.engine import default_host
 from prefect_kubeflow.backends.container.specs import JOB_LABEL
+from prefect_kubeflow.backends.kubernetes.trainjob import INDEX_LABEL, JOBSET_LABEL
 from prefect_kubeflow.blocks import TrainingBackendConfig
 
 TEST_IMAGE = os.environ.get("PK_TEST_IMAGE", "localhost/prefect-kubeflow-test:torch-2.13.0")
@@ -48,6 +53,7 @@ class LocalHarness:
     """Local processes: a job's processes all name its folder in their command line."""
 
     id = "local"
+    stderr_is_warning = True  # a node's stderr lines reach Prefect at WARNING
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -90,6 +96,8 @@ class LocalHarness:
 class ContainerHarness:
     """Docker or Podman: a job's containers and network carry its label."""
 
+    stderr_is_warning = True
+
     def __init__(self, engine: str, root: Path) -> None:
         self.id = engine
         self.engine = engine
@@ -131,8 +139,80 @@ class ContainerHarness:
         self.api.containers.get(f"{name}-node-{index}").kill()
 
 
+class KubernetesHarness:
+    """A cluster in miniature (`minicluster`): a loopback API server playing the Trainer
+    operator, whose pods are Docker containers. What a job has is its TrainJob, its pods and
+    their containers and network."""
+
+    id = "kubernetes"
+    # A pod log interleaves stdout and stderr (the API serves one stream): all lines are INFO.
+    stderr_is_warning = False
+
+    def __init__(self, root: Path) -> None:
+        from minicluster import MiniCluster
+
+        self.root = root
+        (root / "shared").mkdir(exist_ok=True)
+        engine_client("docker")
+        # Its node advertises more CPUs than this machine has, as a cluster's node would: a
+        # 2-node x 2-CPU job then schedules on a 2-core machine.
+        self.cluster = MiniCluster(root / "cluster", image=TEST_IMAGE, node_cpus=16)
+        self.cluster.start()
+        self.cluster.install_crds()
+        # Fail-fast, as the other backends: JobSet's defaults would restart a failed node's
+        # container in place up to the Job's backoffLimit (6) before the job fails.
+        self.cluster.install_default_runtime(
+            host_shared_dir=root / "shared", backoff_limit=0, restart_policy="Never"
+        )
+
+    def config(self, **overrides) -> TrainingBackendConfig:
+        return KubernetesBackendConfig(
+            config_file=str(self.cluster.kubeconfig_path),
+            delete_timeout_seconds=60,
+            **overrides,
+        )
+
+    def shared(self) -> tuple[Path, str]:
+        return self.root / "shared", "/shared"
+
+    def running(self, name: str) -> list[str]:
+        ended = ("exited", "dead")
+        return [
+            f"container {c.name}" for c in self.cluster.containers(name) if c.status not in ended
+        ]
+
+    def leftovers(self, name: str) -> list[str]:
+        def of_job(obj: dict) -> bool:
+            labels = obj["metadata"].get("labels") or {}
+            return obj["metadata"]["name"] == name or labels.get(JOBSET_LABEL) == name
+
+        return (
+            [f"container {c.name}" for c in self.cluster.containers(name)]
+            + [f"network {n.name}" for n in self.cluster.networks(name)]
+            + [
+                f"{resource} {obj['metadata']['name']}"
+                for resource in ("trainjobs", "pods")
+                for obj in self.cluster.objects(resource)
+                if of_job(obj)
+            ]
+        )
+
+    def kill_node(self, name: str, index: int) -> None:
+        [pod] = [
+            pod["metadata"]["name"]
+            for pod in self.cluster.objects("pods")
+            if pod["metadata"]["labels"].get(JOBSET_LABEL) == name
+            and pod["metadata"]["labels"].get(INDEX_LABEL) == str(index)
+        ]
+        self.cluster.kill_pod_container(pod)
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
 HARNESSES = {
     "local": LocalHarness,
     "docker": lambda root: ContainerHarness("docker", root),
     "podman": lambda root: ContainerHarness("podman", root),
+    "kubernetes": KubernetesHarness,
 }

@@ -31,6 +31,7 @@ from prefect_kubeflow.errors import (
 TRAINJOBS = "trainjobs"
 CLUSTER_RUNTIMES = "clustertrainingruntimes"
 _TRAINER_RESOURCES = (TRAINJOBS, CLUSTER_RUNTIMES)
+_CLUSTER_SCOPED = (CLUSTER_RUNTIMES, "namespaces")
 _INSTALL_HINT = (
     "install Kubeflow Trainer on the cluster (kubectl apply --server-side -k "
     '"github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=<version>")'
@@ -156,6 +157,20 @@ class Cluster:
             return True
         return False
 
+    def check_namespace(self) -> None:
+        """Raise `NamespaceNotFoundError` if the namespace does not exist (an identity that may
+        not read namespaces is not stopped: a namespaced Role seldom grants it)."""
+        try:
+            self.core.read_namespace(
+                self.namespace, _preload_content=False, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise self._namespace_missing() from exc
+            if exc.status != 403:
+                with self.errors("get", "namespaces", self.namespace):
+                    raise
+
     def list_runtimes(self) -> list[dict[str, Any]]:
         """The cluster's ClusterTrainingRuntimes."""
         with self.errors("list", CLUSTER_RUNTIMES):
@@ -262,16 +277,17 @@ class Cluster:
             if error is None and missing_ok:
                 return
             raise (error or BackendError(self._said(exc, verb, resource, name))) from exc
-        except urllib3.exceptions.SSLError as exc:
-            raise ClusterUnavailableError(
-                f"the Kubernetes API at {self.host} presented a certificate that is not trusted "
-                f"({exc.__context__ or exc}); put the cluster's CA in the kubeconfig "
-                "(certificate-authority-data): verification stays on"
-            ) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                raise ClusterUnavailableError(
+                    f"the Kubernetes API at {self.host} presented a certificate that is not "
+                    f"trusted ({reason}); put the cluster's CA in the kubeconfig "
+                    "(certificate-authority-data): verification stays on"
+                ) from exc
             raise ClusterUnavailableError(
-                f"cannot reach the Kubernetes API at {self.host} ({type(exc).__name__}: {exc}); "
-                "is the cluster up and the kubeconfig's server address right?"
+                f"cannot reach the Kubernetes API at {self.host} ({type(reason).__name__}: "
+                f"{reason}); is the cluster up and the kubeconfig's server address right?"
             ) from exc
 
     def _api_error(
@@ -283,17 +299,14 @@ class Cluster:
         said = self._said(exc, verb, resource, name)
         if exc.status == 403:
             return ClusterPermissionError(
-                f"RBAC forbids {verb!r} on {resource!r} in namespace {self.namespace!r} "
+                f"RBAC forbids {verb!r} on {resource!r} {self._where(resource)} "
                 f"({status.get('message', exc.reason)}); grant it to this identity with a Role "
                 "and RoleBinding"
             )
         if exc.status == 401:
             return ClusterUnavailableError(f"{said}: the cluster rejected the credentials")
         if exc.status == 404 and details.get("kind") == "namespaces":
-            return NamespaceNotFoundError(
-                f"namespace {self.namespace!r} does not exist on {self.host}; create it "
-                f"(kubectl create namespace {self.namespace}) or set `namespace`"
-            )
+            return self._namespace_missing()
         if exc.status == 404 and not details and resource in _TRAINER_RESOURCES:
             return TrainerNotInstalledError(
                 f"{said}: the cluster at {self.host} does not serve "
@@ -307,10 +320,19 @@ class Cluster:
             return InvalidInputError(f"{said}: {status.get('message', exc.body)}")
         return None
 
+    def _namespace_missing(self) -> NamespaceNotFoundError:
+        return NamespaceNotFoundError(
+            f"namespace {self.namespace!r} does not exist on {self.host}; create it "
+            f"(kubectl create namespace {self.namespace}) or set `namespace`"
+        )
+
     def _said(self, exc: ApiException, verb: str, resource: str, name: str | None) -> str:
         what = f"{resource} {name!r}" if name else resource
         message = _status(exc).get("message") or exc.reason
-        return f"{verb} {what} in namespace {self.namespace!r} failed ({exc.status}: {message})"
+        return f"{verb} {what} {self._where(resource)} failed ({exc.status}: {message})"
+
+    def _where(self, resource: str) -> str:
+        return "cluster-wide" if resource in _CLUSTER_SCOPED else f"in namespace {self.namespace!r}"
 
 
 def _status(exc: ApiException) -> dict[str, Any]:

@@ -112,6 +112,8 @@ class KubernetesBackend(Backend):
         version cannot read is skipped with a warning."""
         ours = tj.selector({constants.BACKEND_VERSION_LABEL: ""})
         trainjobs = self.cluster.list_trainjobs(ours)
+        if not trainjobs:
+            self.cluster.check_namespace()  # a list in a missing namespace is merely empty
         pods: dict[str, list[dict[str, Any]]] = {}
         for pod in self.cluster.list_pods(ours) if trainjobs else []:
             job = pod["metadata"].get("labels", {}).get(tj.JOBSET_LABEL)
@@ -136,7 +138,8 @@ class KubernetesBackend(Backend):
         runtime, which may have been deleted since."""
         record = tj.record_of(trainjob)
         by_index = tj.pods_by_index(pods)
-        states = [tj.node_state(by_index.get(index)) for index in range(record.num_nodes)]
+        verdict = tj.verdict(trainjob)
+        states = [tj.node_state(by_index.get(index), verdict) for index in range(record.num_nodes)]
 
         def failure(index: int) -> str:
             pod = by_index.get(index)
@@ -152,7 +155,6 @@ class KubernetesBackend(Backend):
             else step
             for index, step in enumerate(job.steps)
         ]
-        verdict = tj.verdict(trainjob)
         if verdict is not None and job.status != verdict:
             # The operator has decided (pods may be gone): its word is final.
             job.status = verdict
@@ -204,10 +206,12 @@ class KubernetesBackend(Backend):
             time.sleep(self.settings.poll_interval)
 
     def events(self, name: str) -> list[Event]:
-        """Kubernetes events about the TrainJob and its pods, oldest first."""
+        """Kubernetes events about the job, oldest first: its TrainJob and JobSet (which share
+        its name), the node Job the JobSet runs, and its pods."""
         if self._ours(name) is None:
             raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
-        involved = [name] + [pod["metadata"]["name"] for pod in self._pods(name)]
+        involved = [name, f"{name}-{constants.NODE}-0"]
+        involved += [pod["metadata"]["name"] for pod in self._pods(name)]
         events = []
         for object_name in involved:
             for item in self.cluster.list_events(f"involvedObject.name={object_name}"):

@@ -38,9 +38,9 @@ def write_job(payload: dict) -> str:
     return job_dir
 
 
-def run(argv: list) -> int:
+def run(argv: list, env: dict | None = None) -> int:
     """Run `argv` in its own process group; SIGTERM (the pod stopping) is passed on to it."""
-    process = subprocess.Popen(argv, start_new_session=True)
+    process = subprocess.Popen(argv, start_new_session=True, env=env)
 
     def stop(signum: int, frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -75,7 +75,16 @@ def main(payload_json: str) -> int:
     payload = json.loads(payload_json)
     job_dir = write_job(payload)
     if payload["packages"]:
-        code = run([sys.executable, "-m", "pip", "install", "--no-input", *payload["packages"]])
+        # Into the image's Python: the container is thrown away after the job (Debian-based
+        # images mark theirs as externally managed).
+        pip_env = dict(
+            os.environ,
+            PIP_BREAK_SYSTEM_PACKAGES="1",
+            PIP_ROOT_USER_ACTION="ignore",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
+        pip = [sys.executable, "-m", "pip", "install", "--no-input", *payload["packages"]]
+        code = run(pip, pip_env)
         if code != 0:
             return code
     torchrun = [sys.executable, "-m", "torch.distributed.run"]

@@ -177,10 +177,18 @@ def terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def node_state(pod: Mapping[str, Any] | None) -> NodeState:
+def node_state(pod: Mapping[str, Any] | None, verdict: str | None = None) -> NodeState:
     """A pod as a node: its phase; once ended, when (a node SIGTERMed by the gang's stop
-    ranks after a failure in the same second: pod times have one-second precision)."""
+    ranks after a failure in the same second: pod times have one-second precision). Once the
+    job has its verdict, a node without an ended pod ended with it (a failed Job deletes its
+    other pods)."""
     phase = (pod or {}).get("status", {}).get("phase")
+    if verdict is not None and phase not in (constants.STEP_SUCCEEDED, constants.STEP_FAILED):
+        return NodeState(
+            constants.STEP_SUCCEEDED
+            if verdict == constants.TRAINJOB_COMPLETE
+            else constants.STEP_FAILED
+        )
     if pod is None or phase not in (constants.STEP_SUCCEEDED, constants.STEP_FAILED):
         running = phase == constants.STEP_RUNNING
         return NodeState(constants.STEP_RUNNING if running else constants.STEP_PENDING)
@@ -194,7 +202,7 @@ def failure_message(index: int, pod: Mapping[str, Any] | None, log_tail: str = "
     """Why a node failed: how it ended, an out-of-memory kill, then the failing rank's
     traceback (the termination message) or, without one, the node's last lines."""
     if pod is None:
-        return f"{constants.NODE}-{index}: its pod is gone"
+        return f"{constants.NODE}-{index}: its pod was removed (the job had failed)"
     ended = terminated(pod) or {}
     message = exit_header(index, int(ended.get("exitCode", 1)))
     if ended.get("reason") == "OOMKilled":
