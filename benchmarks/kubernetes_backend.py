@@ -26,7 +26,8 @@ from _common import isolated_home
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 LIST_TARGET = 0.5
-JOBS = 1000
+SDK_SAMPLE = 50
+JOBS = int(__import__("os").environ.get("PK_BENCH_JOBS", "1000"))
 NODES = 2
 IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
 MARKER = "first-line-of-node"
@@ -64,26 +65,28 @@ def list_benchmark(cluster: Any, config: Any) -> None:
             type(spec)(**{**spec.__dict__, "name": name}),
             tj.JobRecord.for_spec(spec, IMAGE, 1, "cpu"),
         )
-        backend.cluster.create_trainjob(job)
+        # The first through the API (which validates it); the rest stored directly.
+        created = backend.cluster.create_trainjob(job) if number == 0 else cluster.add_trainjob(job)
         for index in range(NODES):
-            cluster.add_finished_pod(name, index, labels=job["metadata"]["labels"])
-    runs, sdk_runs = [], []
+            cluster.add_finished_pod(created, index)
+    runs = []
     for _ in range(5):
         start = time.perf_counter()
         jobs = backend.list_jobs()
         runs.append(time.perf_counter() - start)
         assert len(jobs) == JOBS and all(j.status == "Complete" for j in jobs), jobs[:1]
-        start = time.perf_counter()
-        for trainjob in backend.cluster.list_trainjobs(""):
-            backend.cluster.list_pods(f"{tj.JOBSET_LABEL}={trainjob['metadata']['name']}")
-        sdk_runs.append(time.perf_counter() - start)
-    ours, sdk = statistics.median(runs), statistics.median(sdk_runs)
+    # The Kubeflow SDK's way, one pod list per job, timed on SDK_SAMPLE jobs of the same
+    # namespace and scaled to all of them (each call filters every pod of the namespace).
+    trainjobs = backend.cluster.list_trainjobs("")
+    start = time.perf_counter()
+    for trainjob in trainjobs[:SDK_SAMPLE]:
+        backend.cluster.list_pods(f"{tj.JOBSET_LABEL}={trainjob['metadata']['name']}")
+    sdk = (time.perf_counter() - start) / SDK_SAMPLE * len(trainjobs)
+    ours = statistics.median(runs)
     verdict = "meets" if ours <= LIST_TARGET else "MISSES"
     print(f"list_jobs over {JOBS} TrainJobs x {NODES} pods: median {ours:.3f} s {_all(runs)}")
     print(f"  {verdict} the target of {LIST_TARGET} s")
-    print(
-        f"  one pod list per job (the Kubeflow SDK's way): median {sdk:.3f} s = {sdk / ours:.1f}x"
-    )
+    print(f"  one pod list per job (the Kubeflow SDK's way): {sdk:.1f} s = {sdk / ours:.0f}x")
 
 
 def first_lines(client: Any) -> float:

@@ -129,6 +129,88 @@ class MiniCluster:
         time.sleep(0.2)  # a creation already in flight removes what it made; sweep once more
         self.ops.cleanup()
 
+    def pause_operator(self) -> None:
+        """Stop reconciling: objects stored from now on stay as they are (a benchmark stores
+        a thousand TrainJobs and their pods, which could not all run here)."""
+        if self._operator is not None:
+            self._operator.stop()
+
+    def add_trainjob(self, body: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+        """Store a TrainJob as the API server would after admitting it, without the schema
+        validation that costs ~0.5 s per object (a benchmark stores a thousand)."""
+        obj = deep(body)
+        obj["metadata"].update(
+            namespace=namespace, uid=new_uid(), creationTimestamp=rfc3339(), generation=1
+        )
+        return self.store.put("trainjobs", obj)
+
+    def add_finished_pod(
+        self, trainjob: dict[str, Any], index: int, namespace: str = "default"
+    ) -> dict[str, Any]:
+        """Store the Succeeded pod of node `index` of `trainjob` as the Job controller and the
+        kubelet leave one (its labels, its command, a terminated container)."""
+        job = trainjob["metadata"]["name"]
+        pod_labels = dig(
+            trainjob,
+            "spec", "runtimePatches", 0, "trainingRuntimeSpec", "template", "spec",
+            "replicatedJobs", 0, "template", "spec", "template", "metadata", "labels",
+            default={},
+        )  # fmt: skip
+        suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+        stamp = rfc3339()
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{job}-node-0-{index}-{suffix}",
+                "namespace": namespace,
+                "uid": new_uid(),
+                "creationTimestamp": stamp,
+                "labels": {
+                    **pod_labels,
+                    "jobset.sigs.k8s.io/jobset-name": job,
+                    "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                    "jobset.sigs.k8s.io/job-index": "0",
+                    "batch.kubernetes.io/job-completion-index": str(index),
+                    "batch.kubernetes.io/job-name": f"{job}-node-0",
+                },
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "node",
+                        "image": self.image,
+                        "command": dig(trainjob, "spec", "trainer", "command", default=[]),
+                        "env": dig(trainjob, "spec", "trainer", "env", default=[]),
+                    }
+                ],
+                "restartPolicy": "Never",
+                "hostname": f"{job}-node-0-{index}",
+                "subdomain": job,
+            },
+            "status": {
+                "phase": "Succeeded",
+                "startTime": stamp,
+                "containerStatuses": [
+                    {
+                        "name": "node",
+                        "image": self.image,
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": 0,
+                                "reason": "Completed",
+                                "startedAt": stamp,
+                                "finishedAt": stamp,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+        return self.store.put("pods", pod)
+
     def __enter__(self) -> MiniCluster:
         return self.start()
 

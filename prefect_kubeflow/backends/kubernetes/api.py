@@ -4,6 +4,7 @@ no model deserialisation: listing a thousand pods stays fast), and their errors,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -76,7 +77,16 @@ class Cluster:
         self.custom = client.CustomObjectsApi(api_client)
 
     def _json(self, response: Any) -> Any:
-        return json.loads(response.data)
+        # A list of a thousand objects is a million small allocations: without the cyclic
+        # collector running through them mid-parse, decoding takes a fraction of the time.
+        body = response.data
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return json.loads(body)
+        finally:
+            if collecting:
+                gc.enable()
 
     def create_trainjob(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the TrainJob `body`."""

@@ -4,6 +4,7 @@ every body the backend would send is checked in a test with no cluster.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,28 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 FLOW_RUN_KEY = constants.LABEL_PREFIX + "flow-run-id"
 PATCH_MANAGER = constants.LABEL_PREFIX + "backend"
 PYTHON = "python3"
-BOOTSTRAP = Path(__file__).with_name("bootstrap.py").read_text()
+
+
+def compact_source(source: str) -> str:
+    """`source` without docstrings and comments: it travels in every TrainJob and pod object
+    (listing a thousand jobs reads them all), and stays plain Python a person can read."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
+BOOTSTRAP = compact_source(Path(__file__).with_name("bootstrap.py").read_text())
+WORKER_ENTRYPOINT = compact_source(ENTRYPOINT.read_text())
 MAX_COMMAND_ITEM_BYTES = 1024 * 1024  # the CRD's limit on one command item
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
 _STOP_EXIT_CODE = 128 + 15  # SIGTERM: how a gang's other nodes are stopped
@@ -57,7 +79,7 @@ def node_command(spec: JobSpec, rendezvous_timeout: int | None) -> list[str]:
             "name": spec.function_name,
             "args": spec.func_args,
             "source": spec.function_source,
-            "entrypoint": ENTRYPOINT.read_text(),
+            "entrypoint": WORKER_ENTRYPOINT,
             "packages": list(spec.packages_to_install),
             "rendezvous_timeout": rendezvous_timeout,
         }
