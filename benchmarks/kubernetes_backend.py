@@ -140,7 +140,7 @@ def main(repeats: int) -> None:
         cluster = MiniCluster(Path(tempfile.mkdtemp(dir=home)), image=IMAGE).start()
         try:
             cluster.install_crds()
-            cluster.install_default_runtime()
+            cluster.install_default_runtime(backoff_limit=0, restart_policy="Never")  # fail-fast
             kube = TrainerClient(
                 backend_config=KubernetesBackendConfig(config_file=str(cluster.kubeconfig_path))
             )
