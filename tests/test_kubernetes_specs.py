@@ -138,6 +138,15 @@ def test_pods_read_back_as_nodes_and_the_first_real_failure_is_named():
         "resources_per_node['memory'])\nlast line"
     )
     assert tj.node_state(None).phase == "Pending"
+    # Once a node failed, the others being deleted (or gone) by the failure policy read Failed.
+    stopping = _pod(0, "Running")
+    stopping["metadata"]["deletionTimestamp"] = "2026-11-30T07:00:02Z"
+    phases = [s.phase for s in tj.node_states({0: stopping, 1: failed}, 3, None)]
+    assert phases == ["Failed", "Failed", "Failed"]
+    assert [s.phase for s in tj.node_states({0: _pod(0, "Running")}, 2, None)] == [
+        "Running",
+        "Pending",
+    ]
     assert tj.node_state(_pod(0, "Running")).phase == "Running"
     assert tj.pods_by_index([failed, stopped]).keys() == {0, 1}
 

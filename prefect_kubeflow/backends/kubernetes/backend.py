@@ -139,7 +139,7 @@ class KubernetesBackend(Backend):
         record = tj.record_of(trainjob)
         by_index = tj.pods_by_index(pods)
         verdict = tj.verdict(trainjob)
-        states = [tj.node_state(by_index.get(index), verdict) for index in range(record.num_nodes)]
+        states = tj.node_states(by_index, record.num_nodes, verdict)
 
         def failure(index: int) -> str:
             pod = by_index.get(index)

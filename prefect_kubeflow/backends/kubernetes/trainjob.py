@@ -220,6 +220,25 @@ def node_state(pod: Mapping[str, Any] | None, verdict: str | None = None) -> Nod
     return NodeState.ended(code, at)
 
 
+def node_states(
+    by_index: Mapping[int, Mapping[str, Any]], num_nodes: int, verdict: str | None
+) -> list[NodeState]:
+    """Every node's state. Once a node has failed, a node whose pod is gone or being deleted
+    was stopped by the failure policy: it reads Failed at once, not Running or Pending until
+    the kubelet and the controllers catch up."""
+    states = [node_state(by_index.get(index), verdict) for index in range(num_nodes)]
+    if any(state.phase == constants.STEP_FAILED for state in states):
+        ended = (constants.STEP_SUCCEEDED, constants.STEP_FAILED)
+        states = [
+            NodeState(constants.STEP_FAILED)
+            if state.phase not in ended
+            and (index not in by_index or by_index[index]["metadata"].get("deletionTimestamp"))
+            else state
+            for index, state in enumerate(states)
+        ]
+    return states
+
+
 def failure_message(index: int, pod: Mapping[str, Any] | None, log_tail: str = "") -> str:
     """Why a node failed: how it ended, an out-of-memory kill, then the failing rank's
     traceback (the termination message) or, without one, the node's last lines."""
