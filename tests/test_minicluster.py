@@ -614,6 +614,8 @@ def test_background_delete_and_suspend(cluster: MiniCluster, kube: Kube) -> None
 
 def test_runtime_deleted_after_create_changes_nothing(cluster: MiniCluster, kube: Kube) -> None:
     kube.create(trainjob("keep", py("import time; time.sleep(1); print('ok')")))
+    # Deleted once Trainer has built the job from it (before that, the job could not start).
+    wait_for(lambda: cluster.objects("pods"), 120, "keep's pods")
     cluster.delete_object("clustertrainingruntimes", "torch-distributed")
     assert cluster.objects("clustertrainingruntimes") == []
     finished(kube, "keep")
