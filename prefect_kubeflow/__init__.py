@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         TrainingRuntimeSource,
     )
     from prefect_kubeflow.client import TrainerClient
+    from prefect_kubeflow.task_runners import TrainJobTaskRunner
     from prefect_kubeflow.types import (
         CustomTrainer,
         CustomTrainerContainer,
@@ -34,6 +35,7 @@ _EXPORTS = {
     # Read from the installed metadata (~20 ms): only when asked, not in every node's keeper.
     "__version__": "prefect_kubeflow._version",
     "TrainerClient": "prefect_kubeflow.client",
+    "TrainJobTaskRunner": "prefect_kubeflow.task_runners",
     "LocalProcessBackendConfig": "prefect_kubeflow.blocks",
     "ContainerBackendConfig": "prefect_kubeflow.blocks",
     "KubernetesBackendConfig": "prefect_kubeflow.blocks",
@@ -59,6 +61,7 @@ __all__ = [
     "RuntimeTrainer",
     "Step",
     "TrainJob",
+    "TrainJobTaskRunner",
     "TrainerClient",
     "TrainerType",
     "TrainingBackendConfig",

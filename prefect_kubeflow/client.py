@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import queue
-import textwrap
 import threading
 import time
 import uuid
@@ -36,6 +34,7 @@ from prefect_kubeflow.types import (
     Runtime,
     TrainerType,
     TrainJob,
+    function_source,
 )
 
 _END = object()
@@ -162,7 +161,7 @@ class TrainerClient:
             num_nodes=trainer.num_nodes or runtime.trainer.num_nodes,
             num_proc_per_node="auto" if overrides_nproc else runtime_spec.num_proc_per_node,
             function_name=trainer.func.__name__,
-            function_source=textwrap.dedent(inspect.getsource(trainer.func)),
+            function_source=function_source(trainer.func),
             func_args=dict(trainer.func_args or {}),
             packages_to_install=list(trainer.packages_to_install or []),
             pip_index_urls=list(trainer.pip_index_urls),
@@ -229,6 +228,21 @@ class TrainerClient:
         job = self.backend.get(name)
         runs.close_lost_flow_runs([name])
         return job
+
+    def get_job_result(self, name: str) -> Any:
+        """What rank 0's training function returned in the completed TrainJob `name` (None if
+        it returned None).
+
+        The value is pickled with cloudpickle in the node and unpickled here: return plain
+        values, and move tensors to the CPU first (``tensor.cpu()``). A value that cannot be
+        pickled fails rank 0, naming its type. On Kubernetes it travels in node 0's
+        termination message, which holds 4 KiB compressed.
+
+        Raises:
+            JobNotFoundError: No TrainJob has this name.
+            JobResultError: The job has not completed, or its value cannot be read here.
+        """
+        return self.backend.job_result(name)
 
     def get_job_events(self, name: str) -> list[Event]:
         """What happened to the TrainJob `name` and its nodes, oldest first, as its backend

@@ -158,6 +158,10 @@ class JobFailedError(PrefectKubeflowError, RuntimeError):
         super().__init__(f"TrainJob {name!r} failed: {reason}")
 
 
+class JobResultError(PrefectKubeflowError, RuntimeError):
+    """A job's result cannot be had: it has not completed, or its value cannot be read here."""
+
+
 class JobTimeoutError(PrefectKubeflowError, TimeoutError):
     """The TrainJob did not reach the wanted status in time."""
 

@@ -6,9 +6,11 @@ argument fails at once, naming the value and what is allowed.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
+import textwrap
 import types as pytypes
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -164,6 +166,34 @@ def _check_function(func: Any) -> None:
         raise InvalidFunctionError(
             f"the source of func {func.__name__!r} is not available ({exc}); define it in a file"
         ) from exc
+
+
+# Decorators the worker cannot apply, and must not: Prefect's own (a task's fn is the bare
+# function, but its source still shows the decorator).
+_PREFECT_DECORATORS = {"task", "flow"}
+
+
+def _decorator_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def function_source(func: Callable[..., Any]) -> str:
+    """The source shipped to the nodes: `func`'s own, dedented, without Prefect's ``@task`` or
+    ``@flow`` decorator lines (other decorators stay, and run in the worker)."""
+    source = textwrap.dedent(inspect.getsource(func))
+    definition = ast.parse(source).body[0]
+    if not isinstance(definition, ast.FunctionDef):
+        return source
+    dropped: set[int] = set()
+    for decorator in definition.decorator_list:
+        if _decorator_name(decorator) in _PREFECT_DECORATORS:
+            dropped.update(range(decorator.lineno - 1, (decorator.end_lineno or 0)))
+    lines = source.splitlines(keepends=True)
+    return "".join(line for index, line in enumerate(lines) if index not in dropped)
 
 
 def _check_func_args(func: Callable[..., Any], func_args: Any) -> None:

@@ -18,23 +18,26 @@ import threading
 import pytest
 from conftest import flow_run_of, read_task_run_logs, supervisor_of, wait_for
 from harnesses import HARNESSES
-from prefect import flow
+from prefect import flow, task
 from prefect.client.orchestration import get_client
 from training_functions import (
     ddp_report,
+    ddp_result,
     fail_on_rank,
     print_env,
+    returns_unpicklable,
     sleep_forever,
     wait_for_file,
 )
 
-from prefect_kubeflow import CustomTrainer, TrainerClient
+from prefect_kubeflow import CustomTrainer, TrainerClient, TrainJobTaskRunner
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
     InvalidInputError,
     JobFailedError,
     JobNotFoundError,
+    JobResultError,
     RuntimeNotFoundError,
 )
 from prefect_kubeflow.flows import runs, supervisor
@@ -307,7 +310,7 @@ def test_the_flow_runs_a_job_from_a_spec_alone_and_auto_removes_it(client, harne
     config = harness.config(auto_remove=True)
     state = run_trainjob(spec, config, return_state=True)
     assert state.is_completed(), state.message
-    assert state.result()["status"] == constants.TRAINJOB_COMPLETE
+    assert state.result() is None  # what rank 0 returned
     run = flow_run_of(spec.name, final=True)
     assert _api_lines(run.id, "node-0", "sum=") == ["rank=0 world=2 sum=3"]
     # auto_remove: ended and forwarded, nothing of it is kept.
@@ -347,3 +350,87 @@ def test_unknown_names_and_rejected_trains_leave_nothing(client, harness):
         client.train(trainer=trainer)
     assert client.list_jobs() == []
     assert not list(harness.root.glob("*jobs/*"))
+
+
+def test_rank_zero_return_value_is_the_jobs_result(client, harness):
+    name = client.train(trainer=CustomTrainer(func=ddp_result, func_args={"scale": 2}, num_nodes=2))
+    client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    result = client.get_job_result(name)
+    assert (result["rank"], result["world"], result["sum"].tolist()) == (0, 2, [6.0])
+    # The job's flow run returned it too (its supervisor ran the flow, results not persisted).
+    assert flow_run_of(name, final=True).state.is_completed()
+
+
+def test_an_unpicklable_return_value_fails_rank_zero_naming_its_type(client, harness):
+    name = client.train(trainer=CustomTrainer(func=returns_unpicklable, num_nodes=2))
+    with pytest.raises(JobFailedError) as failed:
+        client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert "rank 0 returned a builtins.generator, which cannot be pickled" in str(failed.value)
+    assert "move tensors to the CPU first" in str(failed.value)
+    with pytest.raises(JobResultError, match="is Failed: only a Complete job has a result"):
+        client.get_job_result(name)
+
+
+@task
+def ddp_step(scale: int = 1) -> dict:
+    """A task: under TrainJobTaskRunner it runs on every rank of a 2-node job."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    print(f"rank={rank} total={total.item():.0f}")
+    dist.destroy_process_group()
+    return {"rank": rank, "total": total.item() * scale}
+
+
+def _trainjob_runs_of(task_run_ids) -> dict:
+    """The TrainJob flow runs whose parents are these task runs, by parent."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+
+    with get_client(sync_client=True) as prefect:
+        runs_found = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_task_run_id=FlowRunFilterParentTaskRunId(any_=list(task_run_ids))
+            )
+        )
+    return {run.parent_task_run_id: run for run in runs_found}
+
+
+def test_a_task_runner_runs_each_task_as_a_trainjob(harness):
+    client = TrainerClient(backend_config=harness.config())
+    failing = task(fail_on_rank)
+
+    @flow(task_runner=TrainJobTaskRunner(backend_config=harness.config(), num_nodes=2))
+    def training():
+        single = ddp_step.submit(10)
+        mapped = ddp_step.map([1, 2])
+        broken = failing.submit(rank_to_fail=1, sleep_others=600)
+        values = [future.result() for future in (single, *mapped)]
+        # The failing rank fails its task run with its traceback; result() raises.
+        broken.wait()
+        with pytest.raises(JobFailedError, match="boom on rank 1"):
+            broken.result()
+        ids = [future.task_run_id for future in (single, *mapped, broken)]
+        return values, ids, broken.state.is_failed(), broken.state.message
+
+    values, ids, broken_failed, broken_message = training()
+    # Each future is rank 0's value, of its own 2-node gang.
+    assert values == [
+        {"rank": 0, "total": 30.0},
+        {"rank": 0, "total": 3.0},
+        {"rank": 0, "total": 6.0},
+    ]
+    assert broken_failed and "ValueError: boom on rank 1" in broken_message
+    # Every task run's child is its TrainJob's flow run, with the nodes' task runs and logs.
+    children = _trainjob_runs_of(ids)
+    assert set(children) == set(ids)
+    job = client.get_job(children[ids[0]].name)
+    assert job.status == constants.TRAINJOB_COMPLETE and job.num_nodes == 2
+    assert _api_lines(children[ids[0]].id, "node-1", "total=") == ["rank=1 total=3"]
+    assert client.get_job(children[ids[-1]].name).status == constants.TRAINJOB_FAILED
+    for child in children.values():
+        client.delete_job(child.name)
+        assert harness.leftovers(child.name) == []

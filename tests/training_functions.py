@@ -89,3 +89,35 @@ def ddp_report(marker: str = "sum"):
         sys.stdout.flush()
     dist.barrier()
     dist.destroy_process_group()
+
+
+def ddp_result(scale: int = 1):
+    """A 2-node DDP step whose every rank returns a value; rank 0's is the job's result."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    print(f"rank={rank} returns")
+    dist.destroy_process_group()
+    return {"rank": rank, "world": world, "sum": total * scale}
+
+
+def returns_local_class(label: str = "best"):
+    """A value of a class defined in the function: only cloudpickle (by value) can ship it."""
+    import os
+    from dataclasses import dataclass
+
+    @dataclass
+    class Checkpoint:
+        label: str
+        rank: int
+
+    return Checkpoint(label, int(os.environ["RANK"]))
+
+
+def returns_unpicklable():
+    """A generator cannot be pickled: rank 0 fails, naming its type."""
+    return (i for i in range(3))

@@ -5,7 +5,8 @@ interleaving, input validation and flow runs live once above it. State is always
 the backend's own records (files, container labels, the TrainJob object), never kept in memory,
 so any process sees the same jobs.
 
-Subclasses implement `create`, `describe`, `list_jobs`, `node_logs`, `stop` and `delete`;
+Subclasses implement `create`, `describe`, `list_jobs`, `node_logs`, `result`, `stop` and
+`delete`;
 the base adds `get` (unknown name: `JobNotFoundError`) and an idempotent `ensure_created`. A job
 being deleted is gone at once (as a Kubernetes object with a deletion timestamp): its watchers
 then know it was deleted rather than failed. `to_trainjob` rolls node phases up to a job
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.errors import BackendError, JobNotFoundError
+from prefect_kubeflow.errors import BackendError, JobNotFoundError, JobResultError
 from prefect_kubeflow.types import Event, Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
 
 if TYPE_CHECKING:
@@ -214,6 +215,15 @@ class Backend(ABC):
         """
 
     @abstractmethod
+    def result(self, name: str) -> bytes | None:
+        """Rank 0's pickled return value, as the job's node 0 left it; None when it returned
+        None (or has not returned yet).
+
+        Raises:
+            JobNotFoundError: there is no such job.
+        """
+
+    @abstractmethod
     def stop(self, name: str) -> None:
         """Stop every node of the job now (gang teardown); its records stay readable."""
 
@@ -259,6 +269,32 @@ class Backend(ABC):
         if job is None:
             raise JobNotFoundError(name, [known.name for known in self.list_jobs()])
         return job
+
+    def job_result(self, name: str) -> Any:
+        """Rank 0's return value of the completed job `name` (None if it returned None).
+
+        Raises:
+            JobNotFoundError: there is no such job.
+            JobResultError: the job has not completed, or its value cannot be unpickled here
+                (a class this interpreter cannot import, a tensor saved on a GPU).
+        """
+        job = self.get(name)
+        if job.status != constants.TRAINJOB_COMPLETE:
+            raise JobResultError(
+                f"TrainJob {name!r} is {job.status}: only a Complete job has a result"
+            )
+        data = self.result(name)
+        if data is None:
+            return None
+        import cloudpickle  # here: a node's keeper imports this module too, and needs none
+
+        try:
+            return cloudpickle.loads(data)
+        except Exception as exc:
+            raise JobResultError(
+                f"rank 0's return value of TrainJob {name!r} cannot be unpickled here ({exc}): "
+                "return values this interpreter can import, and tensors moved to the CPU"
+            ) from exc
 
     def ensure_created(self, spec: JobSpec) -> bool:
         """Create the job unless it exists already; whether this call created it."""

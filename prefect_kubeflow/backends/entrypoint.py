@@ -2,6 +2,10 @@
 
 Usage: ``python entrypoint.py JOB_DIR`` with ``JOB_DIR/function.py`` (the function's source) and
 ``JOB_DIR/function.json`` (``{"name": ..., "args": {...}}``). No shell is involved.
+
+Rank 0's return value is pickled to ``JOB_DIR/result.pkl`` with cloudpickle (the host's copy,
+which the backends put on the path; plain pickle where there is none). A value that cannot be
+pickled fails rank 0, naming its type.
 """
 
 import ctypes
@@ -13,6 +17,7 @@ import traceback
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+RESULT_FILE = "result.pkl"
 
 
 def _die_with_parent() -> None:
@@ -49,13 +54,35 @@ def main(job_dir: str) -> None:
     }
     exec(compile(source, source_path, "exec"), namespace)  # noqa: S102 - the user's own function
     try:
-        namespace[meta["name"]](**meta["args"])
+        result = namespace[meta["name"]](**meta["args"])
+        if os.environ.get("RANK", "0") == "0" and result is not None:
+            _write_result(job_dir, result)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)) or (
             isinstance(exc, SystemExit) and exc.code not in (None, 0)
         ):
             _record_error(job_dir)
         raise
+
+
+def _write_result(job_dir: str, result: Any) -> None:
+    """Pickle rank 0's return value where the backend reads the job's result."""
+    try:
+        import cloudpickle as pickler
+    except ImportError:  # an image without it, on a cluster: plain pickle
+        import pickle as pickler
+    try:
+        data = pickler.dumps(result)
+    except Exception as exc:
+        kind = f"{type(result).__module__}.{type(result).__qualname__}"
+        raise TypeError(
+            f"rank 0 returned a {kind}, which cannot be pickled ({exc}); return plain Python "
+            "values, and move tensors to the CPU first (tensor.cpu())"
+        ) from exc
+    path = os.path.join(job_dir, RESULT_FILE)
+    with open(path + ".tmp", "wb") as file:
+        file.write(data)
+    os.replace(path + ".tmp", path)
 
 
 def _record_error(job_dir: str) -> None:

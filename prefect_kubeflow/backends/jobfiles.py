@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends.base import JobSpec, exit_header
+from prefect_kubeflow.backends.entrypoint import RESULT_FILE
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.files import write_json_atomic
 
@@ -20,6 +21,14 @@ def write_function(job_dir: Path, spec: JobSpec) -> None:
     write_json_atomic(
         job_dir / "function.json", {"name": spec.function_name, "args": spec.func_args}
     )
+
+
+def read_result(job_dir: Path) -> bytes | None:
+    """Rank 0's pickled return value (written by the entrypoint); None without one."""
+    try:
+        return (job_dir / RESULT_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def node_log(job_dir: Path, node_index: int) -> Path:

@@ -33,6 +33,7 @@ from prefect_kubeflow.backends.jobfiles import (
     node_failure,
     node_log,
     read_exit,
+    read_result,
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
@@ -230,6 +231,13 @@ class LocalProcessBackend(Backend):
             return exit_file.exists() or self._dir(name) is None or not host_alive(job_dir)
 
         return read_node_log(node_log(job_dir, node_index), follow, ended, tail_lines)
+
+    def result(self, name: str) -> bytes | None:
+        """Rank 0's pickled return value, from the job's folder."""
+        job_dir = self._dir(name)
+        if job_dir is None:
+            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+        return read_result(job_dir)
 
     # -- stopping ----------------------------------------------------------------------------
 

@@ -7,13 +7,18 @@ forwarding its log, tear the gang down when a node fails, and clean up (``auto_r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger, tags, task
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect import flow, get_client, get_run_logger, tags, task
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.context import FlowRunContext, TagsContext, TaskRunContext
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_engine import run_flow_sync
 from prefect.futures import wait
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Pending
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
@@ -21,11 +26,12 @@ from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError
-from prefect_kubeflow.flows.gang import finish, watch_node
+from prefect_kubeflow.flows.gang import finish, remove, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
 
 MAX_NODES = 256
+PARENT_TASK_RUN_TIMEOUT = 60.0
 
 
 @task(name="node", task_run_name="node-{node_index}")
@@ -45,13 +51,14 @@ def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConf
     return phase
 
 
-@flow(name="trainjob", retries=0, persist_result=False)
-def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[str, Any] | State:
+@flow(name="trainjob", retries=0)
+def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
     """Run the TrainJob `job` (a spec, or the name of a job already created) to its end; its
     nodes are ``node-<i>`` tasks.
 
-    Returns the job's name and final status; raises `JobFailedError` when a node fails, and
-    ends Cancelled when the job is deleted while it runs.
+    Returns rank 0's return value (kept with Prefect's result storage where results persist);
+    raises `JobFailedError` when a node fails, and ends Cancelled when the job is deleted
+    while it runs.
     """
     backend = backend_config.get_backend()
     name = job if isinstance(job, str) else job.name
@@ -69,26 +76,66 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> dict[
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
     wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
     # Still running here only if a node's task ended before its node (an engine error).
-    final = finish(backend, name, backend_config.auto_remove)
+    final = finish(backend, name, auto_remove=False)
     if final is None:
         return Cancelled(message=f"TrainJob {name!r} was deleted")
-    if final.status != constants.TRAINJOB_COMPLETE:
-        raise JobFailedError(name, final.message or f"status {final.status}")
-    return {"name": name, "status": final.status}
+    try:
+        if final.status != constants.TRAINJOB_COMPLETE:
+            raise JobFailedError(name, final.message or f"status {final.status}")
+        return backend.job_result(name)
+    finally:  # the result is read first: removing the job removes it
+        if backend_config.auto_remove:
+            remove(backend, name)
 
 
 def run_trainjob(
-    job: JobSpec | str, backend_config: TrainingBackendConfig, return_state: bool = False
+    job: JobSpec | str,
+    backend_config: TrainingBackendConfig,
+    return_state: bool = False,
+    parent_task_run_id: UUID | None = None,
 ) -> Any:
     """Run `trainjob` as a flow run named after the job, tagged for the Prefect UI.
 
-    Inside a user's own flow this is a subflow, blocking until the job ends.
+    Inside a user's own flow this is a subflow, blocking until the job ends; with
+    `parent_task_run_id` (a task run of `TrainJobTaskRunner`) it is that task run's child.
     """
     name = job if isinstance(job, str) else job.name
     # Every node needs its own thread at once (each mostly waits); threads start on demand.
     runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=MAX_NODES)
     configured = trainjob.with_options(flow_run_name=name, task_runner=runner)  # type: ignore[arg-type]
     with tags(constants.FLOW_RUN_TAG):
-        if return_state:
-            return configured(job, backend_config, return_state=True)
-        return configured(job, backend_config)
+        if parent_task_run_id is None:
+            if return_state:
+                return configured(job, backend_config, return_state=True)
+            return configured(job, backend_config)
+        parameters: dict[str, Any] = {"job": job, "backend_config": backend_config}
+        with get_client(sync_client=True) as client:
+            _await_task_run(client, parent_task_run_id)
+            flow_run = client.create_flow_run(
+                flow=configured,
+                name=name,
+                parameters=configured.serialize_parameters(parameters),
+                parent_task_run_id=parent_task_run_id,
+                tags=TagsContext.get().current_tags,
+                state=Pending(),
+            )
+        return run_flow_sync(
+            configured,
+            flow_run=flow_run,
+            parameters=parameters,
+            return_type="state" if return_state else "result",
+        )
+
+
+def _await_task_run(client: SyncPrefectClient, task_run_id: UUID) -> None:
+    """Wait until the server has recorded the task run (task runs reach it as events, a
+    moment after they start): a flow run's parent must exist."""
+    deadline = time.monotonic() + PARENT_TASK_RUN_TIMEOUT
+    while True:
+        try:
+            client.read_task_run(task_run_id)
+            return
+        except ObjectNotFound:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -49,6 +49,7 @@ from prefect_kubeflow.backends.jobfiles import (
     node_exit_file,
     node_failure,
     node_log,
+    read_result,
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
@@ -251,6 +252,13 @@ class ContainerBackend(Backend):
         job_nodes = nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL]))
         ended = self._ended(name, node_index, job_nodes)
         return read_node_log(node_log(job_nodes, node_index), follow, ended, tail_lines)
+
+    def result(self, name: str) -> bytes | None:
+        """Rank 0's pickled return value, from the nodes' folder on this machine."""
+        nodes = self._nodes(name)
+        if not nodes or _deleting(nodes):
+            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+        return read_result(nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL])))
 
     def _ended(self, name: str, node_index: int, job_nodes: Path) -> Callable[[], bool]:
         """Whether the node has ended: its exit file (the keeper's), else, for a container

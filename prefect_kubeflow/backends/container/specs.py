@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import cloudpickle
 from platformdirs import user_data_dir
 
 import prefect_kubeflow
@@ -171,6 +172,8 @@ def build_node_specs(
         # Only the nodes' folder: the job's own records stay out of the containers' reach.
         f"{nodes_dir(job_dir)}:{JOB_MOUNT}:rw",
         f"{package}:{PACKAGE_MOUNT / 'prefect_kubeflow'}:ro",
+        # The host's cloudpickle pickles rank 0's result: the same version reads it back.
+        f"{Path(cloudpickle.__file__).parent}:{PACKAGE_MOUNT / 'cloudpickle'}:ro",
         *settings.volumes,
     ]
     resources = spec.resources_per_node

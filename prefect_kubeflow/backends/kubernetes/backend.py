@@ -191,6 +191,12 @@ class KubernetesBackend(Backend):
             return iter(())
         return read_pod_log(self.cluster, pod["metadata"]["name"], tail_lines)
 
+    def result(self, name: str) -> bytes | None:
+        """Rank 0's pickled return value, from node 0's pod."""
+        if self._ours(name) is None:
+            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+        return tj.result_of(tj.pods_by_index(self._pods(name)).get(0))
+
     def _pod_state(self, name: str, node_index: int) -> tuple[str, bool] | None:
         """The node's pod once its container has started, and whether it has ended; None
         when the job is gone (or ended without the pod ever starting)."""

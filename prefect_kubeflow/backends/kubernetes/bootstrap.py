@@ -8,9 +8,13 @@ It writes the shipped function and the worker entrypoint to a temporary folder, 
 `packages` (pip reads ``PIP_INDEX_URL`` and friends from the environment), then runs torchrun,
 which takes the node's place in the job from the ``PET_*`` environment the Trainer injects.
 When a rank raised, its traceback's last lines become the container's termination message,
-which Kubernetes keeps in the pod's status (``state.terminated.message``).
+which Kubernetes keeps in the pod's status (``state.terminated.message``). When the node
+ends well, rank 0's pickled return value (if this node holds rank 0) goes there instead,
+compressed, after `RESULT_MARK`; one over the 4 KiB the kubelet keeps leaves its size after
+`RESULT_TOO_LARGE_MARK`.
 """
 
+import base64
 import contextlib
 import json
 import os
@@ -18,10 +22,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import zlib
 
 # Where the kubelet reads the termination message (the pod's terminationMessagePath).
 TERMINATION_LOG = os.environ.get("PK_TERMINATION_LOG", "/dev/termination-log")
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps
+RESULT_MARK = "prefect-kubeflow/result:"
+RESULT_TOO_LARGE_MARK = "prefect-kubeflow/result-too-large:"
 
 
 def write_job(payload: dict) -> str:
@@ -51,6 +58,28 @@ def run(argv: list, env: dict | None = None) -> int:
     return 128 - code if code < 0 else code
 
 
+def write_termination_message(text: str) -> None:
+    """Leave `text` where the kubelet reads the pod's termination message."""
+    try:
+        with open(TERMINATION_LOG, "w") as file:
+            file.write(text)
+    except OSError:
+        pass  # not in a pod: the log speaks
+
+
+def record_result(job_dir: str) -> None:
+    """Put rank 0's pickled return value (when this node has one) in the termination message."""
+    try:
+        with open(os.path.join(job_dir, "result.pkl"), "rb") as file:
+            data = file.read()
+    except OSError:
+        return
+    text = RESULT_MARK + base64.b64encode(zlib.compress(data, 9)).decode()
+    if len(text) > TERMINATION_LIMIT:
+        text = RESULT_TOO_LARGE_MARK + str(len(data))
+    write_termination_message(text)
+
+
 def record_failure(job_dir: str) -> None:
     """Put the first failed rank's traceback tail where the kubelet reads the pod's
     termination message; without one (torchrun itself failed), the log speaks."""
@@ -63,11 +92,7 @@ def record_failure(job_dir: str) -> None:
     header = f"rank {ranks[0][5:-4]} raised:\n"
     budget = TERMINATION_LIMIT - len(header.encode()) - 8
     body = traceback.encode()[-budget:].decode(errors="ignore")
-    try:
-        with open(TERMINATION_LOG, "w") as file:
-            file.write(header + body)
-    except OSError:
-        pass  # not in a pod: the traceback is in the log
+    write_termination_message(header + body)
 
 
 def main(payload_json: str) -> int:
@@ -93,6 +118,8 @@ def main(payload_json: str) -> int:
     code = run([*torchrun, os.path.join(job_dir, "entrypoint.py"), job_dir])
     if code != 0:
         record_failure(job_dir)
+    else:
+        record_result(job_dir)
     return code
 
 

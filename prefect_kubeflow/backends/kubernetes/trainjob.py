@@ -5,8 +5,10 @@ every body the backend would send is checked in a test with no cluster.
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 from prefect_kubeflow import constants
 from prefect_kubeflow._version import __version__
 from prefect_kubeflow.backends.base import JobRecord, JobSpec, NodeState, exit_header
+from prefect_kubeflow.backends.kubernetes import bootstrap
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, pip_install_command
-from prefect_kubeflow.errors import InvalidInputError
+from prefect_kubeflow.errors import BackendError, InvalidInputError
 from prefect_kubeflow.types import gpu_count
 
 KIND = "TrainJob"
@@ -237,6 +240,25 @@ def node_states(
             for index, state in enumerate(states)
         ]
     return states
+
+
+def result_of(pod: Mapping[str, Any] | None) -> bytes | None:
+    """Rank 0's pickled return value, from node 0's termination message; None without one.
+
+    Raises:
+        BackendError: the value was over what a termination message holds.
+    """
+    message = str(((terminated(pod) or {}) if pod else {}).get("message") or "")
+    if message.startswith(bootstrap.RESULT_TOO_LARGE_MARK):
+        size = message[len(bootstrap.RESULT_TOO_LARGE_MARK) :]
+        raise BackendError(
+            f"rank 0's return value was {size} bytes pickled; on Kubernetes a result travels in "
+            f"the pod's termination message, which holds {bootstrap.TERMINATION_LIMIT} bytes "
+            "compressed: return less, or write it to storage and return its path"
+        )
+    if not message.startswith(bootstrap.RESULT_MARK):
+        return None
+    return zlib.decompress(base64.b64decode(message[len(bootstrap.RESULT_MARK) :]))
 
 
 def failure_message(index: int, pod: Mapping[str, Any] | None, log_tail: str = "") -> str:
