@@ -182,7 +182,16 @@ class TrainJobTaskRunner(ThreadPoolTaskRunner):
             if task_run_id is not None:
                 with self._jobs_lock:
                     self._jobs[task_run_id] = spec.name
-            return run_trainjob(spec, self.backend_config, parent_task_run_id=task_run_id)
+            # Created first, as `TrainerClient.train()` does: the nodes start while Prefect
+            # records the job's flow run.
+            backend = self.client.backend
+            backend.create(spec)
+            try:
+                return run_trainjob(spec.name, self.backend_config, task_run_id)
+            finally:  # whatever ended the task, its job does not go on without it
+                job = backend.describe(spec.name)
+                if job is not None and is_active(job.status):
+                    stop_gang(backend, spec.name)
 
         wrapped = copy.copy(task)
         wrapped.fn = run_as_trainjob

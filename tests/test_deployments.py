@@ -213,3 +213,67 @@ def test_the_deployments_run_on_schedule_and_on_demand(server, tmp_path):
         for job in jobs.list_jobs():
             jobs.delete_job(job.name)
     assert jobs.list_jobs() == []
+
+
+def test_the_flow_serves_without_a_work_pool(server, tmp_path):
+    served = subprocess.Popen(
+        [sys.executable, "deployments/training.py"],
+        cwd=REPO,
+        env={**_env(server, tmp_path), "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+        stdin=subprocess.DEVNULL,
+        stdout=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    jobs = TrainerClient(
+        backend_config=LocalProcessBackendConfig(
+            jobs_dir=str(tmp_path / "data/prefect-kubeflow/jobs")
+        )
+    )
+    try:
+        deployment = wait_for(
+            lambda: [
+                d
+                for d in _api(server, lambda c: c.read_deployments())
+                if d.name == "served-every-6-hours"
+            ],
+            180,
+            "the served deployment",
+        )[0]
+        assert [s.schedule.interval.total_seconds() for s in deployment.schedules] == [21600]
+        output = _prefect(
+            server,
+            tmp_path,
+            "deployment",
+            "run",
+            "train-model/served-every-6-hours",
+            "--param",
+            "num_nodes=1",
+            "--watch",
+            "--watch-timeout",
+            "300",
+            timeout=360,
+        )
+        [run] = [
+            r
+            for r in _api(
+                server,
+                lambda c: c.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+                ),
+            )
+            if r.parameters.get("num_nodes") == 1  # not a run of the 6-hour schedule
+        ]
+        assert run.state.is_completed(), output
+        [child] = _children(server, run.id)
+        assert jobs.get_job(child.name).num_nodes == 1
+        assert jobs.get_job_result(child.name)["world_size"] == 1
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        try:
+            served.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(served.pid, signal.SIGKILL)
+            served.wait()
+        for job in jobs.list_jobs():
+            jobs.delete_job(job.name)

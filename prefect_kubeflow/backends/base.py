@@ -1,4 +1,4 @@
-"""The contract every backend implements: six operations, and the invariants they share.
+"""The contract every backend implements: seven operations, and the invariants they share.
 
 A backend knows where nodes run and nothing of Prefect or of the client: waiting, polling, log
 interleaving, input validation and flow runs live once above it. State is always read back from

@@ -18,6 +18,8 @@ from prefect.context import FlowRunContext, TagsContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_sync
 from prefect.futures import wait
+from prefect.runtime import flow_run as flow_run_runtime
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Cancelled, Pending
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -51,7 +53,19 @@ def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConf
     return phase
 
 
-@flow(name="trainjob", retries=0)
+def _job_name() -> str:
+    """The flow run's name: its job's."""
+    job = flow_run_runtime.parameters["job"]
+    return job if isinstance(job, str) else str(job["name"] if isinstance(job, dict) else job.name)
+
+
+# Every node needs its own thread at once (each mostly waits); threads start on demand.
+@flow(
+    name="trainjob",
+    flow_run_name=_job_name,
+    retries=0,
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_NODES),  # type: ignore[arg-type]
+)
 def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
     """Run the TrainJob `job` (a spec, or the name of a job already created) to its end; its
     nodes are ``node-<i>`` tasks.
@@ -91,8 +105,8 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
 def run_trainjob(
     job: JobSpec | str,
     backend_config: TrainingBackendConfig,
-    return_state: bool = False,
     parent_task_run_id: UUID | None = None,
+    return_state: bool = False,
 ) -> Any:
     """Run `trainjob` as a flow run named after the job, tagged for the Prefect UI.
 
@@ -100,27 +114,29 @@ def run_trainjob(
     `parent_task_run_id` (a task run of `TrainJobTaskRunner`) it is that task run's child.
     """
     name = job if isinstance(job, str) else job.name
-    # Every node needs its own thread at once (each mostly waits); threads start on demand.
-    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=MAX_NODES)
-    configured = trainjob.with_options(flow_run_name=name, task_runner=runner)  # type: ignore[arg-type]
-    with tags(constants.FLOW_RUN_TAG):
+    settings: dict[Any, Any] = {}
+    if FlowRunContext.get() is not None:
+        # In its parent's process, which beats for both: a heartbeat thread of its own would
+        # only hold up the job's end (Prefect joins it, polling each second).
+        settings[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with tags(constants.FLOW_RUN_TAG), temporary_settings(settings):
         if parent_task_run_id is None:
             if return_state:
-                return configured(job, backend_config, return_state=True)
-            return configured(job, backend_config)
+                return trainjob(job, backend_config, return_state=True)
+            return trainjob(job, backend_config)
         parameters: dict[str, Any] = {"job": job, "backend_config": backend_config}
         with get_client(sync_client=True) as client:
             _await_task_run(client, parent_task_run_id)
             flow_run = client.create_flow_run(
-                flow=configured,
+                flow=trainjob,
                 name=name,
-                parameters=configured.serialize_parameters(parameters),
+                parameters=trainjob.serialize_parameters(parameters),
                 parent_task_run_id=parent_task_run_id,
                 tags=TagsContext.get().current_tags,
                 state=Pending(),
             )
         return run_flow_sync(
-            configured,
+            trainjob,
             flow_run=flow_run,
             parameters=parameters,
             return_type="state" if return_state else "result",
