@@ -51,7 +51,7 @@ def main(repeats: int) -> None:
             TrainJobTaskRunner,
         )
 
-        config = LocalProcessBackendConfig(auto_remove=True)
+        config = LocalProcessBackendConfig()
         client = TrainerClient(config)
         step = task(two_node_step)
 
@@ -90,6 +90,8 @@ def main(repeats: int) -> None:
         print(f"TrainJobTaskRunner .submit().result(): {summary(ours)}")
         print(f"ratio task runner / client: {ratio:.2f} (target <= 1.10)")
         drain(timeout=60)  # the flows' last logs, before the server stops
+        for job in client.list_jobs():
+            client.delete_job(job.name)
 
         # Each job trains 20 s: what the jobs overlap is what the map saves.
         if "--no-map" in sys.argv:
@@ -100,6 +102,8 @@ def main(repeats: int) -> None:
         print(f"8 submits one after another, each awaited: {apart:.1f} s")
         print(f"speed-up of the map: {apart / together:.1f}x")
         drain(timeout=60)
+        for job in client.list_jobs():
+            client.delete_job(job.name)
 
 
 if __name__ == "__main__":

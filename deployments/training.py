@@ -18,6 +18,7 @@ from prefect.blocks.core import Block
 
 from prefect_kubeflow import CustomTrainer, TrainerClient, TrainingBackendConfig
 from prefect_kubeflow.errors import InvalidInputError
+from prefect_kubeflow.flows.trainjob import run_trainjob
 
 
 def import_function(path: str) -> Any:
@@ -71,6 +72,8 @@ def train_model(
 
     Args:
         function: The training function, ``"package.module:function"``, importable here.
+            Whoever may run this deployment chooses the code it runs: grant that right
+            accordingly.
         func_args: Its keyword arguments (JSON values).
         num_nodes: Nodes of the job.
         backend_block: A saved backend block, ``"block-type-slug/block-name"`` (such as
@@ -81,9 +84,10 @@ def train_model(
     trainer = CustomTrainer(
         func=import_function(function), func_args=func_args, num_nodes=num_nodes
     )
-    name = client.train(runtime=runtime, trainer=trainer)
-    result = client.get_job_result(name)
-    get_run_logger().info("TrainJob %s completed; rank 0 returned %r", name, result)
+    spec = client.build_spec(trainer, runtime)
+    # The job's own flow run returns rank 0's value (a block with auto_remove keeps no job).
+    result = run_trainjob(spec, client.backend_config)
+    get_run_logger().info("TrainJob %s completed; rank 0 returned %r", spec.name, result)
     return result
 
 

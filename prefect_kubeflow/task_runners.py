@@ -12,19 +12,22 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from prefect import get_client
+import httpx
+from prefect import get_client, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_kubeflow.backends.base import is_active
+from prefect_kubeflow.backends.base import Backend, JobSpec, is_active
 from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
-from prefect_kubeflow.errors import BackendError, InvalidInputError
+from prefect_kubeflow.errors import BackendError, InvalidInputError, JobFailedError
 from prefect_kubeflow.flows.gang import stop_gang
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.types import CustomTrainer, Runtime
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 # Jobs mostly wait on their nodes: the limit is the machine's (or cluster's) room, not threads.
 DEFAULT_MAX_CONCURRENT_JOBS = 64
+logger = logging.getLogger(__name__)
 
 
 def _placeholder() -> None:
@@ -99,12 +103,15 @@ class TrainJobTaskRunner(ThreadPoolTaskRunner):
             "env": env,
         }
         self._trainer(_placeholder, {}).validate()
+        if runtime is not None and not isinstance(runtime, (str, Runtime)):
+            raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
         self.runtime = runtime
         self.max_concurrent_jobs = max_concurrent_jobs
         super().__init__(max_workers=max_concurrent_jobs)
         self._client: TrainerClient | None = None
-        self._jobs: dict[UUID, str] = {}  # task run -> its latest job
-        self._jobs_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._running: dict[UUID, str] = {}  # task run -> its job, while the task runs
+        self._closing = False  # the flow is leaving on an error: start no more jobs
         self._flow_run_id: UUID | None = None
 
     def _trainer(self, func: Callable[..., Any], func_args: dict[str, Any]) -> CustomTrainer:
@@ -131,21 +138,22 @@ class TrainJobTaskRunner(ThreadPoolTaskRunner):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(_client=None, _jobs={}, _jobs_lock=None)
+        state.update(_client=None, _running={}, _lock=None, _closing=False)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._jobs_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> TrainerClient:
         """The client building each job's spec (created once, on first use)."""
-        if self._client is None:
-            from prefect_kubeflow.client import TrainerClient
+        with self._lock:
+            if self._client is None:
+                from prefect_kubeflow.client import TrainerClient
 
-            self._client = TrainerClient(backend_config=self.backend_config)
-        return self._client
+                self._client = TrainerClient(backend_config=self.backend_config)
+            return self._client
 
     def submit(
         self,
@@ -155,10 +163,11 @@ class TrainJobTaskRunner(ThreadPoolTaskRunner):
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
         """Run `task` as one TrainJob; the future resolves to rank 0's return value."""
-        if task.isasync:
+        if task.isasync or inspect.isgeneratorfunction(task.fn):
+            kind = "async" if task.isasync else "a generator"
             raise InvalidInputError(
-                f"task {task.name!r} is async; TrainJobTaskRunner runs a synchronous function "
-                "on every rank"
+                f"task {task.name!r} is {kind}; TrainJobTaskRunner runs a plain synchronous "
+                "function on every rank"
             )
         context = FlowRunContext.get()
         if context is not None and context.flow_run is not None:
@@ -178,57 +187,77 @@ class TrainJobTaskRunner(ThreadPoolTaskRunner):
                 self._trainer(func, _keyword_arguments(signature, bound)), self.runtime
             )
             task_run = TaskRunContext.get()
-            task_run_id = task_run.task_run.id if task_run is not None else None
-            if task_run_id is not None:
-                with self._jobs_lock:
-                    self._jobs[task_run_id] = spec.name
-            # Created first, as `TrainerClient.train()` does: the nodes start while Prefect
-            # records the job's flow run.
-            backend = self.client.backend
-            backend.create(spec)
+            assert task_run is not None  # the task engine calls this in its task run
+            task_run_id = task_run.task_run.id
+            with self._lock:  # registered before it exists: a closing flow sees every job
+                if self._closing:
+                    raise JobFailedError(spec.name, "the flow is ending on an error: not started")
+                self._running[task_run_id] = spec.name
             try:
-                return run_trainjob(spec.name, self.backend_config, task_run_id)
-            finally:  # whatever ended the task, its job does not go on without it
-                job = backend.describe(spec.name)
-                if job is not None and is_active(job.status):
-                    stop_gang(backend, spec.name)
+                return self._run(spec, task_run_id)
+            finally:
+                with self._lock:
+                    self._running.pop(task_run_id, None)
 
         wrapped = copy.copy(task)
         wrapped.fn = run_as_trainjob
         return wrapped
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        # Prefect's flow engine handles the flow's error before its task runner exits: the
-        # flow run's state tells whether the flow is leaving on an error.
-        if self._running_jobs() and not self._flow_completed():
-            backend = self.backend_config.get_backend()
-            for name in self._running_jobs():
-                self.logger.warning("the flow is ending on an error: stopping TrainJob %s", name)
-                stop_gang(backend, name)
-        super().__exit__(exc_type, exc_value, traceback)
-
-    def _running_jobs(self) -> list[str]:
-        with self._jobs_lock:
-            names = list(self._jobs.values())
-        if not names:
-            return []
+    def _run(self, spec: JobSpec, task_run_id: UUID) -> Any:
+        """Create the job and run its flow as the task run's child; rank 0's value."""
+        # Created first, as `TrainerClient.train()` does: the nodes start while Prefect
+        # records the job's flow run.
+        backend = self.client.backend
+        backend.create(spec)
+        get_run_logger().info(
+            "running as TrainJob %s on %d nodes (its flow run is this task run's child)",
+            spec.name,
+            spec.num_nodes,
+        )
         try:
-            backend = self.backend_config.get_backend()
-            return [
-                name
-                for name in names
-                if (job := backend.describe(name)) is not None and is_active(job.status)
-            ]
-        except BackendError as exc:
-            self.logger.warning("could not read this flow's TrainJobs: %s", exc)
-            return []
+            return run_trainjob(spec.name, self.backend_config, parent_task_run_id=task_run_id)
+        finally:  # whatever ended the task, its job does not go on without it
+            _stop_if_running(backend, spec.name)
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        try:
+            with self._lock:
+                running = list(self._running.values())
+            # Prefect's flow engine handles the flow's error before its task runner exits:
+            # the flow run's state tells whether the flow is leaving on an error.
+            if running and not self._flow_completed():
+                with self._lock:
+                    self._closing = True
+                    running = list(self._running.values())
+                backend = self.backend_config.get_backend()
+                for name in running:
+                    self.logger.warning("the flow is ending on an error: stopping %s", name)
+                    _stop_if_running(backend, name)
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
 
     def _flow_completed(self) -> bool:
+        """Whether the flow run this runner serves has completed; no when it cannot be told."""
         if self._flow_run_id is None:
             return False
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(self._flow_run_id).state
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(self._flow_run_id).state
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            self.logger.warning("could not read the flow run's state (%s)", exc)
+            return False
         return state is not None and state.is_completed()
+
+
+def _stop_if_running(backend: Backend, name: str) -> None:
+    """Stop job `name`'s nodes if any still run; a failure to is logged."""
+    try:
+        job = backend.describe(name)
+    except BackendError as exc:
+        logger.warning("could not read TrainJob %s to stop it: %s", name, exc)
+        return
+    if job is not None and is_active(job.status):
+        stop_gang(backend, name)
 
 
 def _keyword_arguments(

@@ -144,12 +144,12 @@ def test_the_deployments_run_on_schedule_and_on_demand(server, tmp_path):
     nightly = deployments["nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
 
-    # The nightly deployment, rescheduled every 15 s so that the test sees two runs.
+    # The nightly deployment, rescheduled every 20 s so that the test sees two runs.
     async def reschedule(client):
         for schedule in nightly.schedules:
             await client.delete_deployment_schedule(nightly.id, schedule.id)
         await client.create_deployment_schedules(
-            nightly.id, [(IntervalSchedule(interval=15), True)]
+            nightly.id, [(IntervalSchedule(interval=20), True)]
         )
 
     _api(server, reschedule)

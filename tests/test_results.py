@@ -11,12 +11,13 @@ import sys
 import pytest
 from conftest import flow_run_of, wait_for
 from harnesses import HARNESSES
+from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
 from test_kubernetes_specs import _bootstrap
 from training_functions import ddp_result, returns_local_class, sleep_forever
 
-from prefect_kubeflow import CustomTrainer, TrainerClient
+from prefect_kubeflow import CustomTrainer, TrainerClient, TrainJobTaskRunner
 from prefect_kubeflow.backends.kubernetes import bootstrap
 from prefect_kubeflow.backends.kubernetes import trainjob as tj
 from prefect_kubeflow.constants import constants
@@ -72,26 +73,51 @@ def test_get_job_result_of_a_job_that_has_no_result_yet(tmp_path):
     assert local.leftovers(name) == []
 
 
-def test_a_result_that_cannot_be_unpickled_here_is_a_job_result_error(tmp_path):
-    # The value's class lives in a module only the node had on its path.
-    module = tmp_path / "node_only"
-    module.mkdir()
-    (module / "node_only_values.py").write_text("class Value:\n    pass\n")
-    source = (
-        "def make():\n    import sys\n"
-        f"    sys.path.insert(0, {str(module)!r})\n"
-        "    import node_only_values\n    return node_only_values.Value()\n"
-    )
+def _node_only_module(tmp_path) -> str:
+    """A folder holding a module that only the nodes put on their path."""
+    folder = tmp_path / "node_only"
+    folder.mkdir()
+    (folder / "node_only_values.py").write_text("class Value:\n    pass\n")
+    return str(folder)
+
+
+@task
+def node_only_value(folder: str):
+    """A value whose class only the nodes can import."""
+    import sys
+
+    sys.path.insert(0, folder)
+    import node_only_values
+
+    return node_only_values.Value()
+
+
+def test_a_result_that_cannot_be_unpickled_here(tmp_path):
     local = HARNESSES["local"](tmp_path)
     client = TrainerClient(backend_config=local.config())
-    spec = client.build_spec(CustomTrainer(func=sleep_forever, num_nodes=1))
-    spec = type(spec)(**{**spec.__dict__, "function_source": source, "function_name": "make"})
-    client.backend.create(spec)
-    wait_for(lambda: client.get_job(spec.name).status == constants.TRAINJOB_COMPLETE, 120, "end")
+    folder = _node_only_module(tmp_path)
+    spec = client.build_spec(
+        CustomTrainer(func=node_only_value.fn, func_args={"folder": folder}, num_nodes=1)
+    )
+    # The job completed: its flow run does too, its result lost (with a warning).
+    state = run_trainjob(spec, client.backend_config, return_state=True)
+    assert state.is_completed() and state.result() is None
     with pytest.raises(JobResultError, match="cannot be unpickled here") as raised:
         client.get_job_result(spec.name)
     assert "node_only_values" in str(raised.value.__cause__)
-    client.delete_job(spec.name)
+
+    # A task runner's future needs the value: its task run fails, saying why.
+    @flow(task_runner=TrainJobTaskRunner(backend_config=local.config(), num_nodes=1))
+    def needs_it():
+        future = node_only_value.submit(folder)
+        future.wait()
+        with pytest.raises(JobResultError, match="completed: rank 0's return value"):
+            future.result()
+
+    needs_it()
+    for job in client.list_jobs():
+        client.delete_job(job.name)
+        assert local.leftovers(job.name) == []
 
 
 def test_on_kubernetes_rank_zeros_value_travels_in_the_termination_message(tmp_path):
@@ -113,6 +139,8 @@ def test_on_kubernetes_a_result_over_4_kib_is_an_error_naming_its_size(tmp_path)
     with pytest.raises(BackendError, match="4096 bytes compressed") as raised:
         tj.result_of(_terminated_pod(message))
     assert "was 80" in str(raised.value)  # 8,000 bytes and pickle's framing
+    with pytest.raises(BackendError, match="no readable result"):
+        tj.result_of(_terminated_pod(bootstrap.RESULT_MARK + "not base64!"))
 
 
 def _terminated_pod(message: str) -> dict:

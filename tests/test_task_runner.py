@@ -69,6 +69,43 @@ def test_a_retry_runs_a_whole_new_gang(harness, tmp_path):
     assert [step.status for step in second.steps] == [constants.STEP_SUCCEEDED] * 2
 
 
+@task
+def total_of(step: dict, extra: int) -> float:
+    """Runs on every rank: what an upstream job returned, plus `extra`."""
+    return step["total"] + extra
+
+
+@task
+def ddp_total(scale: int = 1) -> dict:
+    """Rank 0's all-reduced sum of (rank + 1) over a 2-node gang, times `scale`."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    total = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return {"total": total.item() * scale}
+
+
+def test_futures_and_wait_for_are_resolved_before_the_job_starts(harness):
+    @flow(task_runner=TrainJobTaskRunner(backend_config=harness.config(), num_nodes=2))
+    def pipeline():
+        first = ddp_total.submit(2)
+        second = total_of.submit(first, 1)  # a future as a parameter: its value goes in
+        third = ddp_total.submit(10, wait_for=[second])
+        return second.result(), third.result(), [f.task_run_id for f in (first, second, third)]
+
+    second, third, ids = pipeline()
+    assert (second, third) == (7.0, {"total": 30.0})
+    jobs = {run.parent_task_run_id: run for task_run in ids for run in _children(task_run)}
+    with get_client(sync_client=True) as prefect:
+        first_run, second_run, third_run = (prefect.read_flow_run(jobs[i].id) for i in ids)
+    # Each job began only once what it waited on had ended.
+    assert second_run.start_time >= first_run.end_time
+    assert third_run.start_time >= second_run.end_time
+
+
 def test_leaving_the_flow_on_an_error_stops_its_running_jobs(harness):
     client = TrainerClient(backend_config=harness.config())
     sleeper = task(sleep_forever)
@@ -97,6 +134,10 @@ def test_the_runner_is_configuration_prefect_can_copy_and_pickle(tmp_path):
     )
     assert runner.duplicate() == runner and runner.duplicate() is not runner
     assert pickle.loads(pickle.dumps(runner)) == runner
+    with runner.duplicate() as used:  # started and stopped, as by a flow run
+        pass
+    copied = pickle.loads(pickle.dumps(used))
+    assert copied == runner and copied.duplicate() == runner
     assert runner.duplicate() != TrainJobTaskRunner(backend_config=config, num_nodes=2)
     assert runner.name == "trainjob"
 
@@ -110,6 +151,7 @@ def test_the_runner_is_configuration_prefect_can_copy_and_pickle(tmp_path):
         ({"env": {"A": 1}}, "env"),
         ({"backend_config": "local"}, "backend_config must be a backend configuration block"),
         ({"max_concurrent_jobs": 0}, "max_concurrent_jobs must be an int >= 1"),
+        ({"runtime": 3}, "runtime must be a name or a Runtime, got 3"),
     ],
 )
 def test_bad_runner_configuration_is_refused_before_any_flow_runs(options, message):
@@ -126,6 +168,10 @@ def test_bad_task_input_fails_the_task_run_and_creates_no_job(harness):
     async def asynchronous() -> None:
         return None
 
+    @task
+    def generator():
+        yield 1
+
     @flow(task_runner=TrainJobTaskRunner(backend_config=harness.config(), num_nodes=2))
     def training():
         future = takes_anything.submit({1, 2})
@@ -134,6 +180,8 @@ def test_bad_task_input_fails_the_task_run_and_creates_no_job(harness):
             future.result()
         with pytest.raises(InvalidInputError, match="'asynchronous' is async"):
             asynchronous.submit()
+        with pytest.raises(InvalidInputError, match="'generator' is a generator"):
+            generator.submit()
 
     training()
     assert TrainerClient(backend_config=harness.config()).list_jobs() == []

@@ -27,7 +27,7 @@ from prefect_kubeflow import constants
 from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
-from prefect_kubeflow.errors import BackendError, JobFailedError
+from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
 from prefect_kubeflow.flows.gang import finish, remove, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
@@ -66,13 +66,17 @@ def _job_name() -> str:
     retries=0,
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_NODES),  # type: ignore[arg-type]
 )
-def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
+def trainjob(
+    job: JobSpec | str, backend_config: TrainingBackendConfig, require_result: bool = False
+) -> Any:
     """Run the TrainJob `job` (a spec, or the name of a job already created) to its end; its
     nodes are ``node-<i>`` tasks.
 
     Returns rank 0's return value (kept with Prefect's result storage where results persist);
     raises `JobFailedError` when a node fails, and ends Cancelled when the job is deleted
-    while it runs.
+    while it runs. A value that cannot be read here (a class this interpreter cannot import,
+    over 4 KiB on Kubernetes) is logged and None returned, unless `require_result` (a task
+    runner's future needs it): then the flow fails with `JobResultError`.
     """
     backend = backend_config.get_backend()
     name = job if isinstance(job, str) else job.name
@@ -96,7 +100,13 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
     try:
         if final.status != constants.TRAINJOB_COMPLETE:
             raise JobFailedError(name, final.message or f"status {final.status}")
-        return backend.job_result(name)
+        try:
+            return backend.job_result(name)
+        except (JobResultError, BackendError) as exc:
+            if require_result:
+                raise JobResultError(f"TrainJob {name!r} completed: {exc}") from exc
+            get_run_logger().warning("TrainJob %s completed; its result is lost: %s", name, exc)
+            return None
     finally:  # the result is read first: removing the job removes it
         if backend_config.auto_remove:
             remove(backend, name)
@@ -105,26 +115,33 @@ def trainjob(job: JobSpec | str, backend_config: TrainingBackendConfig) -> Any:
 def run_trainjob(
     job: JobSpec | str,
     backend_config: TrainingBackendConfig,
+    *,
     parent_task_run_id: UUID | None = None,
     return_state: bool = False,
 ) -> Any:
     """Run `trainjob` as a flow run named after the job, tagged for the Prefect UI.
 
     Inside a user's own flow this is a subflow, blocking until the job ends; with
-    `parent_task_run_id` (a task run of `TrainJobTaskRunner`) it is that task run's child.
+    `parent_task_run_id` (a task run of `TrainJobTaskRunner`) it is that task run's child,
+    and it fails when rank 0's value cannot be read.
     """
     name = job if isinstance(job, str) else job.name
     settings: dict[Any, Any] = {}
     if FlowRunContext.get() is not None:
-        # In its parent's process, which beats for both: a heartbeat thread of its own would
-        # only hold up the job's end (Prefect joins it, polling each second).
+        # Nested in a flow run whose process beats. Prefect joins a run's heartbeat thread at
+        # its end (polling each second), which would hold up every job's end; a child whose
+        # process died is closed Crashed by the next read of its job (its supervisor label).
         settings[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     with tags(constants.FLOW_RUN_TAG), temporary_settings(settings):
         if parent_task_run_id is None:
             if return_state:
                 return trainjob(job, backend_config, return_state=True)
             return trainjob(job, backend_config)
-        parameters: dict[str, Any] = {"job": job, "backend_config": backend_config}
+        parameters: dict[str, Any] = {
+            "job": job,
+            "backend_config": backend_config,
+            "require_result": True,
+        }
         with get_client(sync_client=True) as client:
             _await_task_run(client, parent_task_run_id)
             flow_run = client.create_flow_run(
@@ -151,7 +168,11 @@ def _await_task_run(client: SyncPrefectClient, task_run_id: UUID) -> None:
         try:
             client.read_task_run(task_run_id)
             return
-        except ObjectNotFound:
+        except ObjectNotFound as exc:
             if time.monotonic() > deadline:
-                raise
+                raise BackendError(
+                    f"the Prefect server has not recorded task run {task_run_id} after "
+                    f"{PARENT_TASK_RUN_TIMEOUT:.0f} s, so its TrainJob's flow run cannot be its "
+                    "child; is the server overloaded?"
+                ) from exc
             time.sleep(0.05)

@@ -246,7 +246,7 @@ def result_of(pod: Mapping[str, Any] | None) -> bytes | None:
     """Rank 0's pickled return value, from node 0's termination message; None without one.
 
     Raises:
-        BackendError: the value was over what a termination message holds.
+        BackendError: the value was over what a termination message holds, or is garbled.
     """
     message = str(((terminated(pod) or {}) if pod else {}).get("message") or "")
     if message.startswith(bootstrap.RESULT_TOO_LARGE_MARK):
@@ -258,7 +258,10 @@ def result_of(pod: Mapping[str, Any] | None) -> bytes | None:
         )
     if not message.startswith(bootstrap.RESULT_MARK):
         return None
-    return zlib.decompress(base64.b64decode(message[len(bootstrap.RESULT_MARK) :]))
+    try:
+        return zlib.decompress(base64.b64decode(message[len(bootstrap.RESULT_MARK) :]))
+    except (ValueError, zlib.error) as exc:  # binascii.Error is a ValueError
+        raise BackendError(f"node 0's termination message holds no readable result: {exc}") from exc
 
 
 def failure_message(index: int, pod: Mapping[str, Any] | None, log_tail: str = "") -> str:
