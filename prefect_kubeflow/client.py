@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import queue
-import threading
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from prefect_kubeflow.errors import (
 )
 from prefect_kubeflow.flows import runs, supervisor
 from prefect_kubeflow.flows.trainjob import run_trainjob
+from prefect_kubeflow.interleave import interleave
 from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
 from prefect_kubeflow.types import (
     CustomTrainer,
@@ -37,7 +37,6 @@ from prefect_kubeflow.types import (
     function_source,
 )
 
-_END = object()
 # How long a job's flow run gets to end by itself when the job is deleted.
 DELETE_SETTLE_SECONDS = 30.0
 
@@ -298,47 +297,13 @@ class TrainerClient:
     def _all_node_logs(
         self, name: str, num_nodes: int, follow: bool, tail_lines: int | None
     ) -> Iterator[str]:
+        def node(index: int) -> Iterator[str]:
+            for line in self.backend.node_logs(name, index, follow, tail_lines):
+                yield f"[{constants.NODE}-{index}] {line.text}\n"
+
         if not follow:  # nothing to wait for: one node after the other
-            for index in range(num_nodes):
-                for line in self.backend.node_logs(name, index, False, tail_lines):
-                    yield f"[{constants.NODE}-{index}] {line.text}\n"
-            return
-        # One reader thread per node feeds a bounded queue: memory stays flat.
-        lines: queue.Queue[object] = queue.Queue(maxsize=1024)
-        closed = threading.Event()
-
-        def offer(item: object) -> bool:
-            """Queue `item` unless the consumer went away; whether it was queued."""
-            while not closed.is_set():
-                try:
-                    lines.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read(index: int) -> None:
-            try:
-                for line in self.backend.node_logs(name, index, True, tail_lines):
-                    if not offer(f"[{constants.NODE}-{index}] {line.text}\n"):
-                        return
-            finally:
-                offer(_END)
-
-        for index in range(num_nodes):
-            threading.Thread(target=read, args=(index,), daemon=True).start()
-        try:
-            ended = 0
-            while ended < num_nodes:
-                item = lines.get()
-                if item is _END:
-                    ended += 1
-                else:
-                    yield str(item)
-        finally:
-            # A consumer that stops early does not wait for the nodes to end: each reader
-            # returns at its next line, or when its node ends.
-            closed.set()
+            return (line for index in range(num_nodes) for line in node(index))
+        return interleave([functools.partial(node, index) for index in range(num_nodes)])
 
     def wait_for_job_status(
         self,
