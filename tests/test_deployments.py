@@ -4,6 +4,7 @@ run by a `process` work pool's worker on schedule and on demand (local backend).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -125,6 +126,45 @@ def _assert_trained_in_a_trainjob(url: str, run, jobs: TrainerClient) -> None:
     assert result["world_size"] == 2 and result["loss"] < 1
 
 
+def _runs_of(url: str, deployment_id) -> list:
+    return _api(
+        url,
+        lambda c: c.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        ),
+    )
+
+
+@contextlib.contextmanager
+def _running(url: str, root: Path, argv: list[str], log: str, **env: str):
+    """A Prefect worker or served flow, in its own session, for the block; then it is stopped
+    and every local job it ran deleted. Yields a client of those jobs."""
+    with open(root / log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=REPO,
+            env={**_env(url, root), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    jobs = TrainerClient(
+        backend_config=LocalProcessBackendConfig(jobs_dir=str(root / "data/prefect-kubeflow/jobs"))
+    )
+    try:
+        yield jobs
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for job in jobs.list_jobs():
+            jobs.delete_job(job.name)
+
+
 def test_the_deployments_run_on_schedule_and_on_demand(server, tmp_path):
     _prefect(server, tmp_path, "work-pool", "create", POOL, "--type", "process")
     output = _prefect(
@@ -153,84 +193,44 @@ def test_the_deployments_run_on_schedule_and_on_demand(server, tmp_path):
         )
 
     _api(server, reschedule)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
-        cwd=REPO,
-        env=_env(server, tmp_path),
-        stdin=subprocess.DEVNULL,
-        stdout=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    jobs = TrainerClient(
-        backend_config=LocalProcessBackendConfig(
-            jobs_dir=str(tmp_path / "data/prefect-kubeflow/jobs")
-        )
-    )
+    worker = ["-m", "prefect", "worker", "start", "--pool", POOL]
     try:
+        with _running(server, tmp_path, worker, "worker.log") as jobs:
 
-        def runs_of(deployment):
-            return _api(
+            def two_completed():
+                runs = _runs_of(server, nightly.id)
+                done = [run for run in runs if run.state and run.state.is_completed()]
+                failed = [run for run in runs if run.state and run.state.is_failed()]
+                assert not failed, [run.state.message for run in failed]
+                return done if len(done) >= 2 else None
+
+            scheduled = wait_for(two_completed, 420, "two scheduled runs to complete")
+            for run in scheduled:
+                assert run.parameters["func_args"] == {"steps": 20}
+                _assert_trained_in_a_trainjob(server, run, jobs)
+
+            output = _prefect(
                 server,
-                lambda c: c.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-                ),
+                tmp_path,
+                "deployment",
+                "run",
+                "train-model/on-demand",
+                "--watch",
+                "--watch-timeout",
+                "300",
+                timeout=360,
             )
-
-        def two_completed():
-            done = [run for run in runs_of(nightly) if run.state and run.state.is_completed()]
-            failed = [run for run in runs_of(nightly) if run.state and run.state.is_failed()]
-            assert not failed, [run.state.message for run in failed]
-            return done if len(done) >= 2 else None
-
-        scheduled = wait_for(two_completed, 420, "two scheduled runs to complete")
-        for run in scheduled:
-            assert run.parameters["func_args"] == {"steps": 20}
-            _assert_trained_in_a_trainjob(server, run, jobs)
-
-        output = _prefect(
-            server,
-            tmp_path,
-            "deployment",
-            "run",
-            "train-model/on-demand",
-            "--watch",
-            "--watch-timeout",
-            "300",
-            timeout=360,
-        )
-        [on_demand] = runs_of(deployments["on-demand"])
-        assert on_demand.state.is_completed(), output
-        _assert_trained_in_a_trainjob(server, on_demand, jobs)
+            [on_demand] = _runs_of(server, deployments["on-demand"].id)
+            assert on_demand.state.is_completed(), output
+            _assert_trained_in_a_trainjob(server, on_demand, jobs)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
         _api(server, lambda c: c.pause_deployment(nightly.id))
-        for job in jobs.list_jobs():
-            jobs.delete_job(job.name)
     assert jobs.list_jobs() == []
 
 
 def test_the_flow_serves_without_a_work_pool(server, tmp_path):
-    served = subprocess.Popen(
-        [sys.executable, "deployments/training.py"],
-        cwd=REPO,
-        env={**_env(server, tmp_path), "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
-        stdin=subprocess.DEVNULL,
-        stdout=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    jobs = TrainerClient(
-        backend_config=LocalProcessBackendConfig(
-            jobs_dir=str(tmp_path / "data/prefect-kubeflow/jobs")
-        )
-    )
-    try:
+    served = ["deployments/training.py"]
+    with _running(server, tmp_path, served, "serve.log", PREFECT_RUNNER_POLL_FREQUENCY="2") as jobs:
         deployment = wait_for(
             lambda: [
                 d
@@ -256,24 +256,10 @@ def test_the_flow_serves_without_a_work_pool(server, tmp_path):
         )
         [run] = [
             r
-            for r in _api(
-                server,
-                lambda c: c.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-                ),
-            )
+            for r in _runs_of(server, deployment.id)
             if r.parameters.get("num_nodes") == 1  # not a run of the 6-hour schedule
         ]
         assert run.state.is_completed(), output
         [child] = _children(server, run.id)
         assert jobs.get_job(child.name).num_nodes == 1
         assert jobs.get_job_result(child.name)["world_size"] == 1
-    finally:
-        os.killpg(served.pid, signal.SIGTERM)
-        try:
-            served.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(served.pid, signal.SIGKILL)
-            served.wait()
-        for job in jobs.list_jobs():
-            jobs.delete_job(job.name)

@@ -18,6 +18,7 @@ from test_kubernetes_specs import _bootstrap
 from training_functions import ddp_result, returns_local_class, sleep_forever
 
 from prefect_kubeflow import CustomTrainer, TrainerClient, TrainJobTaskRunner
+from prefect_kubeflow.backends import entrypoint
 from prefect_kubeflow.backends.kubernetes import bootstrap
 from prefect_kubeflow.backends.kubernetes import trainjob as tj
 from prefect_kubeflow.constants import constants
@@ -126,6 +127,7 @@ def test_on_kubernetes_rank_zeros_value_travels_in_the_termination_message(tmp_p
     assert done.returncode == 0, done.stderr
     message = (tmp_path / "termination-log").read_text()
     assert message.startswith(bootstrap.RESULT_MARK)
+    assert bootstrap.RESULT_FILE == entrypoint.RESULT_FILE  # where the worker leaves it
     pod = _terminated_pod(message)
     assert pickle_loads(tj.result_of(pod)) == {"rank": 0}
     assert tj.result_of(_terminated_pod("")) is None

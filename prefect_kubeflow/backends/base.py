@@ -267,8 +267,12 @@ class Backend(ABC):
         """
         job = self.describe(name)
         if job is None:
-            raise JobNotFoundError(name, [known.name for known in self.list_jobs()])
+            raise self.not_found(name)
         return job
+
+    def not_found(self, name: str) -> JobNotFoundError:
+        """The error for a job `name` that does not exist, naming those that do."""
+        return JobNotFoundError(name, [known.name for known in self.list_jobs()])
 
     def job_result(self, name: str) -> Any:
         """Rank 0's return value of the completed job `name` (None if it returned None).

@@ -38,7 +38,7 @@ from prefect_kubeflow.backends.jobfiles import (
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
-from prefect_kubeflow.errors import JobNotFoundError, NameConflictError
+from prefect_kubeflow.errors import NameConflictError
 from prefect_kubeflow.files import remove_tree, write_json_atomic
 from prefect_kubeflow.types import TrainJob
 
@@ -222,9 +222,7 @@ class LocalProcessBackend(Backend):
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until the node has ended."""
-        job_dir = self._dir(name)
-        if job_dir is None:
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+        job_dir = self._existing_dir(name)
         exit_file = node_exit_file(job_dir, node_index)
 
         def ended() -> bool:
@@ -234,10 +232,13 @@ class LocalProcessBackend(Backend):
 
     def result(self, name: str) -> bytes | None:
         """Rank 0's pickled return value, from the job's folder."""
+        return read_result(self._existing_dir(name))
+
+    def _existing_dir(self, name: str) -> Path:
         job_dir = self._dir(name)
         if job_dir is None:
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
-        return read_result(job_dir)
+            raise self.not_found(name)
+        return job_dir
 
     # -- stopping ----------------------------------------------------------------------------
 

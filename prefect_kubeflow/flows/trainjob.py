@@ -53,10 +53,16 @@ def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConf
     return phase
 
 
+def _name_of(job: JobSpec | str | dict[str, Any]) -> str:
+    """The name of `job`: a name, a spec, or a spec as a deployment's JSON parameter."""
+    if isinstance(job, str):
+        return job
+    return str(job["name"]) if isinstance(job, dict) else job.name
+
+
 def _job_name() -> str:
     """The flow run's name: its job's."""
-    job = flow_run_runtime.parameters["job"]
-    return job if isinstance(job, str) else str(job["name"] if isinstance(job, dict) else job.name)
+    return _name_of(flow_run_runtime.parameters["job"])
 
 
 # Every node needs its own thread at once (each mostly waits); threads start on demand.
@@ -79,7 +85,7 @@ def trainjob(
     runner's future needs it): then the flow fails with `JobResultError`.
     """
     backend = backend_config.get_backend()
-    name = job if isinstance(job, str) else job.name
+    name = _name_of(job)
     if isinstance(job, JobSpec):
         backend.ensure_created(job)
     context = FlowRunContext.get()
@@ -125,7 +131,7 @@ def run_trainjob(
     `parent_task_run_id` (a task run of `TrainJobTaskRunner`) it is that task run's child,
     and it fails when rank 0's value cannot be read.
     """
-    name = job if isinstance(job, str) else job.name
+    name = _name_of(job)
     settings: dict[Any, Any] = {}
     if FlowRunContext.get() is not None:
         # Nested in a flow run whose process beats. Prefect joins a run's heartbeat thread at

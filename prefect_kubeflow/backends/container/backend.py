@@ -56,7 +56,6 @@ from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import (
     BackendError,
-    JobNotFoundError,
     NameConflictError,
 )
 from prefect_kubeflow.files import remove_tree
@@ -246,19 +245,20 @@ class ContainerBackend(Backend):
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
     ) -> Iterator[LogLine]:
         """One node's lines from its log file; with `follow`, until its container has ended."""
-        nodes = self._nodes(name)
-        if not nodes or _deleting(nodes):
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
-        job_nodes = nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL]))
+        job_nodes = self._nodes_dir(name)
         ended = self._ended(name, node_index, job_nodes)
         return read_node_log(node_log(job_nodes, node_index), follow, ended, tail_lines)
 
     def result(self, name: str) -> bytes | None:
         """Rank 0's pickled return value, from the nodes' folder on this machine."""
+        return read_result(self._nodes_dir(name))
+
+    def _nodes_dir(self, name: str) -> Path:
+        """The host folder the job's nodes write to (its logs, exits and result)."""
         nodes = self._nodes(name)
         if not nodes or _deleting(nodes):
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
-        return read_result(nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL])))
+            raise self.not_found(name)
+        return nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL]))
 
     def _ended(self, name: str, node_index: int, job_nodes: Path) -> Callable[[], bool]:
         """Whether the node has ended: its exit file (the keeper's), else, for a container

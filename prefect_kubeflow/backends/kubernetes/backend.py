@@ -24,7 +24,7 @@ from prefect_kubeflow.backends.kubernetes.podlogs import follow_pod_log, read_po
 from prefect_kubeflow.backends.kubernetes.settings import KubernetesSettings
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
-from prefect_kubeflow.errors import BackendError, JobNotFoundError, RuntimeNotFoundError
+from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, runtimes_from
 from prefect_kubeflow.types import Event, TrainJob
 
@@ -177,7 +177,7 @@ class KubernetesBackend(Backend):
         """The node's pod log; with `follow`, from its container's start to its end, resuming
         after interruptions."""
         if self._ours(name) is None:
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+            raise self.not_found(name)
         if follow:
             return follow_pod_log(
                 self.cluster,
@@ -194,7 +194,7 @@ class KubernetesBackend(Backend):
     def result(self, name: str) -> bytes | None:
         """Rank 0's pickled return value, from node 0's pod."""
         if self._ours(name) is None:
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+            raise self.not_found(name)
         return tj.result_of(tj.pods_by_index(self._pods(name)).get(0))
 
     def _pod_state(self, name: str, node_index: int) -> tuple[str, bool] | None:
@@ -215,7 +215,7 @@ class KubernetesBackend(Backend):
         """Kubernetes events about the job, oldest first: its TrainJob and JobSet (which share
         its name), the node Job the JobSet runs, and its pods."""
         if self._ours(name) is None:
-            raise JobNotFoundError(name, [job.name for job in self.list_jobs()])
+            raise self.not_found(name)
         involved = [name, f"{name}-{constants.NODE}-0"]
         involved += [pod["metadata"]["name"] for pod in self._pods(name)]
         events = []

@@ -27,6 +27,9 @@ import zlib
 # Where the kubelet reads the termination message (the pod's terminationMessagePath).
 TERMINATION_LOG = os.environ.get("PK_TERMINATION_LOG", "/dev/termination-log")
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps
+# The worker entrypoint's RESULT_FILE: this program runs alone in the pod and imports nothing
+# of the package (a test holds the two equal).
+RESULT_FILE = "result.pkl"
 RESULT_MARK = "prefect-kubeflow/result:"
 RESULT_TOO_LARGE_MARK = "prefect-kubeflow/result-too-large:"
 
@@ -70,7 +73,7 @@ def write_termination_message(text: str) -> None:
 def record_result(job_dir: str) -> None:
     """Put rank 0's pickled return value (when this node has one) in the termination message."""
     try:
-        with open(os.path.join(job_dir, "result.pkl"), "rb") as file:
+        with open(os.path.join(job_dir, RESULT_FILE), "rb") as file:
             data = file.read()
     except OSError:
         return
