@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 from prefect.context import FlowRunContext
@@ -17,36 +15,27 @@ from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendCo
 from prefect_kubeflow.errors import (
     BackendError,
     InvalidInputError,
-    InvalidRuntimeError,
     InvalidStatusError,
     JobFailedError,
     JobTimeoutError,
     StepNotFoundError,
+    UnsupportedOptionError,
 )
 from prefect_kubeflow.flows import runs, supervisor
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.interleave import interleave
-from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
+from prefect_kubeflow.jobspecs import build_spec
+from prefect_kubeflow.runtimes import RuntimeCatalog
 from prefect_kubeflow.types import (
     CustomTrainer,
     CustomTrainerContainer,
     Event,
     Runtime,
-    TrainerType,
     TrainJob,
-    function_source,
 )
 
 # How long a job's flow run gets to end by itself when the job is deleted.
 DELETE_SETTLE_SECONDS = 30.0
-
-
-def _job_name() -> str:
-    """A random lowercase name: a letter, then hex digits (as the Kubeflow SDK)."""
-    return (
-        "abcdefghijklmnopqrstuvwxyz"[uuid.uuid4().int % 26]
-        + uuid.uuid4().hex[: constants.JOB_NAME_UUID_LENGTH]
-    )
 
 
 class TrainerClient:
@@ -93,80 +82,25 @@ class TrainerClient:
         """
         return self.runtimes.get(name, refresh).runtime
 
-    def _runtime_spec(self, runtime: str | Runtime | None) -> RuntimeSpec:
-        if runtime is None:
-            spec = self.runtimes.get(constants.DEFAULT_TRAINING_RUNTIME)
-        elif isinstance(runtime, str):
-            spec = self.runtimes.get(runtime)
-        elif isinstance(runtime, Runtime):
-            # The Runtime as given (its trainer fields win); what only a runtime document
-            # holds (processes per node, env, resources) from the catalog's runtime of that
-            # name. A Runtime no source defines gets its framework's default image.
-            listing = self.runtimes.load()
-            known = listing.specs.get(runtime.name)
-            given = self.runtimes.runtime_default_image(runtime)
-            spec = replace(known, runtime=given) if known else RuntimeSpec(given)
-        else:
-            raise InvalidInputError(f"runtime must be a name or a Runtime, got {runtime!r}")
-        if spec.runtime.trainer.trainer_type is not TrainerType.CUSTOM_TRAINER:
-            raise InvalidRuntimeError(
-                f"runtime {spec.runtime.name!r} runs a built-in trainer "
-                f"({' '.join(spec.runtime.trainer.command)!r}); a CustomTrainer needs a "
-                f"CustomTrainer runtime such as {constants.DEFAULT_TRAINING_RUNTIME!r}"
-            )
-        if spec.ml_policy != "torch":
-            raise InvalidRuntimeError(
-                f"runtime {spec.runtime.name!r} has ML policy {spec.ml_policy!r}; this backend "
-                "runs torch (torchrun) runtimes only"
-            )
-        return spec
-
     # -- jobs --------------------------------------------------------------------------------
 
     def build_spec(
         self,
         trainer: CustomTrainer | CustomTrainerContainer | None,
         runtime: str | Runtime | None = None,
+        options: list[Any] | None = None,
     ) -> JobSpec:
-        """The validated spec of a TrainJob running `trainer` on `runtime`, with a new name;
-        nothing is created. `train()` creates it; a deployment or a task runner hands it to the
-        ``trainjob`` flow.
+        """The validated spec of a TrainJob running `trainer` on `runtime` with `options`,
+        named by a `Name` option or at random; nothing is created. `train()` creates it; a
+        deployment or a task runner hands it to the ``trainjob`` flow.
 
         Raises:
-            InvalidInputError: `trainer` is invalid.
+            InvalidInputError: `trainer` or an option is invalid.
+            UnsupportedOptionError: this backend cannot honour an option or the trainer.
             RuntimeNotFoundError: `runtime` names no known runtime.
             InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend.
         """
-        if not isinstance(trainer, CustomTrainer):
-            raise InvalidInputError(f"trainer must be a CustomTrainer, got {trainer!r}")
-        trainer.validate()  # again: the dataclass may have been changed since it was built
-        runtime_spec = self._runtime_spec(runtime)
-        # The runtime's numNodes, numProcPerNode, resources and env are defaults; the
-        # trainer's num_nodes, resources_per_node (cpu/gpu decide the processes per node, as
-        # for numProcPerNode "auto") and env override them.
-        resources = dict(trainer.resources_per_node or runtime_spec.resources)
-        overrides_nproc = bool(
-            trainer.resources_per_node
-            and {constants.CPU_LABEL, "gpu", constants.GPU_LABEL} & set(trainer.resources_per_node)
-        )
-        runtime = runtime_spec.runtime
-        return JobSpec(
-            name=_job_name(),
-            runtime_name=runtime.name,
-            framework=runtime.trainer.framework,
-            image=runtime.trainer.image,
-            runtime_origin=runtime.origin,
-            runtime_num_nodes=runtime.trainer.num_nodes,
-            num_nodes=trainer.num_nodes or runtime.trainer.num_nodes,
-            num_proc_per_node="auto" if overrides_nproc else runtime_spec.num_proc_per_node,
-            function_name=trainer.func.__name__,
-            function_source=function_source(trainer.func),
-            func_args=dict(trainer.func_args or {}),
-            packages_to_install=list(trainer.packages_to_install or []),
-            pip_index_urls=list(trainer.pip_index_urls),
-            env={**runtime_spec.env, **(trainer.env or {})},
-            resources_per_node=resources,
-        )
+        return build_spec(self.backend, self.runtimes, trainer, runtime, options)
 
     def train(
         self,
@@ -181,21 +115,33 @@ class TrainerClient:
         returns as soon as it is recorded. Inside a flow it runs as a subflow and this returns
         when it has completed.
 
+        Args:
+            runtime: A runtime name or `Runtime` (default ``torch-distributed``).
+            initializer: Not supported (dataset and model initializers are Kubernetes jobs).
+            trainer: A `CustomTrainer` (a function), or a `CustomTrainerContainer` (an image,
+                on the container and Kubernetes backends).
+            options: Job options from `prefect_kubeflow.options`: `Name`, `Labels`,
+                `Annotations` everywhere; `RuntimePatch`, `TrainerCommand`, `TrainerArgs` on
+                Kubernetes.
+
         Returns:
             The name of the TrainJob (also the name of its flow run).
 
         Raises:
             InvalidInputError: An argument is invalid; nothing was created.
+            UnsupportedOptionError: This backend cannot honour an option or the trainer.
+            NameConflictError: A job of the `Name` option's name exists.
             RuntimeNotFoundError: `runtime` names no known runtime.
             InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend (a
                 built-in trainer, or an ML policy other than torch).
             JobFailedError: (inside a flow) the job failed.
         """
-        if initializer is not None or options:
-            raise InvalidInputError(
-                "initializer and options are not supported by prefect-kubeflow's backends yet"
+        if initializer is not None:
+            raise UnsupportedOptionError(
+                "initializer is not supported by prefect-kubeflow's backends: initialize "
+                "datasets and models inside the training function"
             )
-        spec = self.build_spec(trainer, runtime)
+        spec = self.build_spec(trainer, runtime, options)
         # Created here, so that the backend's errors (engine, image, name) reach the caller and
         # nothing is left of a job that could not start; the flow then finds it made.
         self.backend.create(spec)
@@ -209,12 +155,20 @@ class TrainerClient:
             raise BackendError(f"the supervisor of TrainJob {spec.name!r} could not start") from exc
         return spec.name
 
-    def list_jobs(self, runtime: Runtime | None = None) -> list[TrainJob]:
-        """Every TrainJob of this backend, oldest first; only `runtime`'s if given."""
+    def list_jobs(
+        self, runtime: Runtime | None = None, labels: dict[str, str] | None = None
+    ) -> list[TrainJob]:
+        """Every TrainJob of this backend, oldest first; only `runtime`'s if given, and only
+        those carrying every one of `labels` (a `Labels` option's) if given."""
+        if labels is not None and not isinstance(labels, dict):
+            raise InvalidInputError(f"labels must be a dict of str to str, got {labels!r}")
         jobs = self.backend.list_jobs()
         runs.close_lost_flow_runs(job.name for job in jobs)
         if runtime is not None:
             jobs = [job for job in jobs if job.runtime.name == runtime.name]
+        if labels:
+            wanted = labels.items()
+            jobs = [job for job in jobs if wanted <= job.labels.items()]
         return jobs
 
     def get_job(self, name: str) -> TrainJob:

@@ -38,7 +38,13 @@ DEFAULT_TRAINING_RUNTIME = "torch-distributed"
 # numProcPerNode: a positive int or one of these policies.
 NPROC_POLICIES = ("auto", "cpu", "gpu")
 DEFAULT_PIP_INDEX_URLS = ("https://pypi.org/simple",)
-DEFAULT_FRAMEWORK_IMAGES = {"torch": "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"}
+# Pinned by tag and digest (the multi-platform index's), as the built-in runtime's image: a
+# tag can be moved, a digest cannot.
+DEFAULT_TORCH_IMAGE = (
+    "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"
+    "@sha256:c16f4c749e2d9e96878875cdf6cc45cddda1d1a36fddd371dd6f2360f1b6e2a2"
+)
+DEFAULT_FRAMEWORK_IMAGES = {"torch": DEFAULT_TORCH_IMAGE}
 
 # Job names: one random letter plus this many hex characters (as the Kubeflow SDK).
 JOB_NAME_UUID_LENGTH = 11

@@ -8,7 +8,8 @@ Each also subclasses the builtin that Kubeflow SDK users already catch::
     │   ├── InvalidFuncArgsError            `func_args` not JSON-able / not matching `func`
     │   ├── InvalidPackageSpecError         a `packages_to_install` entry pip would reject
     │   ├── InvalidStatusError              a status outside the four TrainJob statuses
-    │   └── InvalidRuntimeError             a runtime this backend cannot train on
+    │   ├── InvalidRuntimeError             a runtime this backend cannot train on
+    │   └── UnsupportedOptionError          a job option or trainer this backend cannot honour
     ├── NotFoundError (ValueError)
     │   ├── JobNotFoundError
     │   ├── RuntimeNotFoundError
@@ -60,6 +61,7 @@ __all__ = [
     "RuntimeSourceWarning",
     "StepNotFoundError",
     "TrainerNotInstalledError",
+    "UnsupportedOptionError",
 ]
 
 
@@ -89,6 +91,10 @@ class InvalidStatusError(InvalidInputError):
 
 class InvalidRuntimeError(InvalidInputError):
     """The runtime exists but this backend cannot train the given trainer on it."""
+
+
+class UnsupportedOptionError(InvalidInputError):
+    """A job option or trainer kind the backend cannot honour (both named in the message)."""
 
 
 class RuntimeSourceError(PrefectKubeflowError):

@@ -28,7 +28,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_kubeflow.backends.base import Backend, JobSpec, is_active
 from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, InvalidInputError, JobFailedError
-from prefect_kubeflow.flows.gang import stop_gang
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.types import CustomTrainer, Runtime
 
@@ -257,7 +256,10 @@ def _stop_if_running(backend: Backend, name: str) -> None:
         logger.warning("could not read TrainJob %s to stop it: %s", name, exc)
         return
     if job is not None and is_active(job.status):
-        stop_gang(backend, name)
+        try:
+            backend.cancel(name, "its task runner's flow run ended before it")
+        except BackendError as exc:
+            logger.warning("stopping the nodes of TrainJob %s failed: %s", name, exc)
 
 
 def _keyword_arguments(

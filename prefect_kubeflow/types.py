@@ -120,6 +120,11 @@ def _check_resources(resources: Any) -> None:
             raise InvalidInputError(f"resources_per_node[{key!r}] must be >= 0, got {value!r}")
 
 
+def _check_max_restarts(max_restarts: Any) -> None:
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise InvalidInputError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+
+
 def _check_packages(packages: Any) -> None:
     if packages is None:
         return
@@ -234,6 +239,9 @@ class CustomTrainer:
         num_nodes: Number of training nodes; defaults to the runtime's.
         resources_per_node: Per-node resources: ``cpu``, ``memory``, ``gpu``/``nvidia.com/gpu``.
         env: Environment variables merged onto each node's environment.
+        max_restarts: Gang restarts (beyond the Kubeflow SDK): when a node fails, every node is
+            stopped and the job starts again with a fresh rendezvous, up to this many times.
+            The function reads its attempt from ``TORCHELASTIC_RESTART_COUNT`` (0 first).
     """
 
     func: Callable[..., Any]
@@ -245,6 +253,7 @@ class CustomTrainer:
     num_nodes: int | None = None
     resources_per_node: dict[str, Any] | None = None
     env: dict[str, str] | None = None
+    max_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -258,23 +267,41 @@ class CustomTrainer:
         _check_num_nodes(self.num_nodes)
         _check_resources(self.resources_per_node)
         _check_env(self.env)
+        _check_max_restarts(self.max_restarts)
 
 
 @dataclass
 class CustomTrainerContainer:
-    """A training image that encapsulates the entire training process (container backends)."""
+    """A training image that encapsulates the entire training process: its own command runs on
+    every node (Docker, Podman or Kubernetes) under torchrun's rendezvous environment
+    (``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``,
+    ``PET_MASTER_PORT``), so a ``torchrun train.py`` command finds its peers.
+
+    Args:
+        image: The training image (its entrypoint and command run; it needs ``python3``).
+        num_nodes: Number of training nodes; defaults to the runtime's.
+        resources_per_node: Per-node resources: ``cpu``, ``memory``, ``gpu``/``nvidia.com/gpu``.
+        env: Environment variables merged onto each node's environment.
+        max_restarts: Gang restarts, as for `CustomTrainer`.
+    """
 
     image: str
     num_nodes: int | None = None
     resources_per_node: dict[str, Any] | None = None
     env: dict[str, str] | None = None
+    max_restarts: int = 0
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises an `InvalidInputError` naming the bad value."""
         if not isinstance(self.image, str) or not self.image.strip():
             raise InvalidInputError(f"image must be a non-empty str, got {self.image!r}")
         _check_num_nodes(self.num_nodes)
         _check_resources(self.resources_per_node)
         _check_env(self.env)
+        _check_max_restarts(self.max_restarts)
 
 
 class TrainerType(Enum):
@@ -332,11 +359,23 @@ class Step:
 
 
 @dataclass
+class Restart:
+    """An earlier attempt of a TrainJob that ended in a gang restart."""
+
+    attempt: int
+    reason: str
+    time: datetime
+
+
+@dataclass
 class TrainJob:
     """A TrainJob as read back from its backend's records.
 
-    ``message`` goes beyond the Kubeflow SDK: for a Failed job, why (the failing node's last
-    error lines).
+    Beyond the Kubeflow SDK: ``message`` says why a Failed job failed (the failing node's last
+    error lines) or why a restarting one restarts; ``labels`` and ``annotations`` are the job
+    options'; ``restarts`` lists the earlier attempts (``attempt`` is the current one's
+    ``TORCHELASTIC_RESTART_COUNT``); ``image_digest`` is the digest of the image the nodes ran,
+    where the engine gives one.
     """
 
     name: str
@@ -346,6 +385,15 @@ class TrainJob:
     creation_timestamp: datetime
     status: str = constants.UNKNOWN
     message: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    restarts: list[Restart] = field(default_factory=list)
+    image_digest: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The current attempt, counted from 0 (its nodes' ``TORCHELASTIC_RESTART_COUNT``)."""
+        return len(self.restarts)
 
 
 @dataclass

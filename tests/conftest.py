@@ -108,7 +108,7 @@ def client(config, jobs_dir):
     trainer_client = TrainerClient(backend_config=config)
     yield trainer_client
     leftovers = {}
-    for job_dir in sorted(jobs_dir.glob("*")) if jobs_dir.exists() else []:
+    for job_dir in sorted(jobs_dir.glob("[!.]*")) if jobs_dir.exists() else []:
         job_id = local_job_id(jobs_dir, job_dir.name)
         try:
             wait_for(
@@ -126,6 +126,15 @@ def client(config, jobs_dir):
                 leftovers[job_dir.name] = alive
                 processes.kill_marked(job_id, 1)
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def task_run_states(flow_run_id) -> dict[str, str]:
+    """The flow run's task runs: name -> state type, from the API."""
+    with get_client(sync_client=True) as prefect:
+        task_runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})
+        )
+    return {run.name: run.state.type.value for run in task_runs if run.state is not None}
 
 
 def read_task_run_logs(flow_run_id: str, task_run_name: str) -> list:

@@ -16,7 +16,7 @@ import sys
 import threading
 
 import pytest
-from conftest import flow_run_of, read_task_run_logs, supervisor_of, wait_for
+from conftest import flow_run_of, read_task_run_logs, supervisor_of, task_run_states, wait_for
 from harnesses import HARNESSES
 from prefect import flow, task
 from prefect.client.orchestration import get_client
@@ -24,13 +24,19 @@ from training_functions import (
     ddp_report,
     ddp_result,
     fail_on_rank,
+    fails_first_attempt,
     print_env,
     returns_unpicklable,
     sleep_forever,
     wait_for_file,
 )
 
-from prefect_kubeflow import CustomTrainer, TrainerClient, TrainJobTaskRunner
+from prefect_kubeflow import (
+    CustomTrainer,
+    CustomTrainerContainer,
+    TrainerClient,
+    TrainJobTaskRunner,
+)
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
@@ -38,10 +44,13 @@ from prefect_kubeflow.errors import (
     JobFailedError,
     JobNotFoundError,
     JobResultError,
+    NameConflictError,
     RuntimeNotFoundError,
+    UnsupportedOptionError,
 )
 from prefect_kubeflow.flows import runs, supervisor
 from prefect_kubeflow.flows.trainjob import run_trainjob
+from prefect_kubeflow.options import Annotations, Labels, Name, TrainerCommand
 
 TESTS_DIR = os.path.dirname(__file__)
 
@@ -153,7 +162,10 @@ def test_list_and_get_from_a_second_interpreter(client, harness):
         "job = client.get_job(sys.argv[2])\n"
         "print(json.dumps({'names': [j.name for j in client.list_jobs()], 'status': job.status,"
         " 'steps': [[s.name, s.status] for s in job.steps],"
-        " 'lines': list(client.get_job_logs(sys.argv[2]))}))\n"
+        " 'lines': list(client.get_job_logs(sys.argv[2])),"
+        " 'events': [[e.reason, e.involved_object_name]"
+        " for e in client.get_job_events(sys.argv[2])]"
+        "}))\n"
     )
     config = harness.config().model_dump(mode="json", context={"include_secrets": True})
     seen = subprocess.run(
@@ -170,6 +182,15 @@ def test_list_and_get_from_a_second_interpreter(client, harness):
     assert seen["steps"] == [["node-0", constants.STEP_SUCCEEDED]]
     # env is merged onto the node's environment, never through a shell.
     assert "[node-0] PK_TEST_VAR=x $(true) PATH_SET=True\n" in seen["lines"]
+    # Events are kept where the backend keeps the job: another process reads them.
+    assert "Started" in [reason for reason, _ in seen["events"]]
+    if harness.id != "kubernetes":  # a cluster's events are its own (tested there)
+        assert ["Started", f"{name}-node-0"] in seen["events"]
+        assert seen["events"][0] == ["Created", name]
+        assert seen["events"][-1] == ["Completed", f"{name}-node-0"]
+        client.delete_job(name)
+        # A deleted job's events stay readable, ending with its deletion.
+        assert [e.reason for e in client.get_job_events(name)][-1] == "Deleted"
 
 
 def test_follow_streams_every_node_live(client, harness):
@@ -434,3 +455,72 @@ def test_a_task_runner_runs_each_task_as_a_trainjob(harness):
     for child in children.values():
         client.delete_job(child.name)
         assert harness.leftovers(child.name) == []
+
+
+def test_a_failed_attempt_restarts_the_whole_gang(client, harness):
+    trainer = CustomTrainer(func=fails_first_attempt, num_nodes=2, max_restarts=2)
+    if harness.id == "kubernetes":
+        with pytest.raises(UnsupportedOptionError, match=r"max_restarts=2 .* KubernetesBackend"):
+            client.train(trainer=trainer)
+        assert client.list_jobs() == []
+        return
+    name = client.train(trainer=trainer)
+    job = client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    assert job.attempt == 1 and [r.attempt for r in job.restarts] == [0]
+    assert "node-1 exited with 1" in job.restarts[0].reason
+    assert "first attempt fails on rank 1" in job.restarts[0].reason
+    # Rank 0 of the second attempt read TORCHELASTIC_RESTART_COUNT=1; its logs are the
+    # second attempt's.
+    assert client.get_job_result(name) == 1
+    assert "[node-0] attempt 1 rank 0 started\n" in list(client.get_job_logs(name))
+    # Both attempts are in Prefect: the first's node tasks failed, the second's completed.
+    run = flow_run_of(name, final=True)
+    assert run.state.is_completed()
+    assert task_run_states(run.id) == {
+        "node-0": "FAILED",
+        "node-1": "FAILED",
+        "node-0 (attempt 2)": "COMPLETED",
+        "node-1 (attempt 2)": "COMPLETED",
+    }
+    assert _api_lines(run.id, "node-1 (attempt 2)", "attempt 1 rank 1 started")
+    assert _api_lines(run.id, "node-1", "first attempt fails on rank 1")
+    reasons = [(e.reason, e.involved_object_name) for e in client.get_job_events(name)]
+    assert reasons[0] == ("Created", name)
+    for expected in [
+        ("Failed", f"{name}-node-1"),
+        ("GangTeardown", name),
+        ("Restarted", name),
+        ("Completed", f"{name}-node-0"),
+    ]:
+        assert expected in reasons, reasons
+    assert reasons.index(("Restarted", name)) > reasons.index(("Failed", f"{name}-node-1"))
+    assert [r for r, _ in reasons].count("Started") == 4
+
+
+def test_job_options_name_label_and_annotate_jobs(client, harness):
+    labels = {"team": "nlp", "example.com/tier": "gold"}
+    name = client.train(
+        trainer=CustomTrainer(func=print_env),
+        options=[Name("pk-options-job"), Labels(labels), Annotations({"note": "any: text"})],
+    )
+    other = client.train(trainer=CustomTrainer(func=print_env), options=[Labels({"team": "cv"})])
+    assert name == "pk-options-job"
+    job = client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.labels == labels and job.annotations == {"note": "any: text"}
+    assert [j.name for j in client.list_jobs(labels={"team": "nlp"})] == [name]
+    assert [j.name for j in client.list_jobs(labels={"team": "cv"})] == [other]
+    assert client.list_jobs(labels={"team": "nlp", "example.com/tier": "silver"}) == []
+    assert sorted(j.name for j in client.list_jobs()) == sorted([name, other])
+    if harness.id in ("docker", "podman"):  # labels are the containers' own
+        assert all(c.labels["team"] == "nlp" for c in harness._containers(name))
+    # A name in use conflicts, and leaves the job that has it as it was.
+    with pytest.raises(NameConflictError):
+        client.train(trainer=CustomTrainer(func=print_env), options=[Name(name)])
+    assert client.get_job(name).status == constants.TRAINJOB_COMPLETE
+    assert sorted(j.name for j in client.list_jobs()) == sorted([name, other])
+    if harness.id != "kubernetes":  # only a TrainJob object takes a trainer command
+        with pytest.raises(UnsupportedOptionError, match="option TrainerCommand is not supported"):
+            client.train(
+                trainer=CustomTrainerContainer(image="img"), options=[TrainerCommand(["x"])]
+            )

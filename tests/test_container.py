@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import tarfile
+from pathlib import Path
 
 import docker
 import pytest
@@ -14,7 +15,12 @@ from harnesses import TEST_IMAGE, engine_client
 from package_index import package_index
 from training_functions import import_package, print_env, sleep_forever
 
-from prefect_kubeflow import ContainerBackendConfig, CustomTrainer, TrainerClient
+from prefect_kubeflow import (
+    ContainerBackendConfig,
+    CustomTrainer,
+    CustomTrainerContainer,
+    TrainerClient,
+)
 from prefect_kubeflow.backends.container.engine import connect
 from prefect_kubeflow.backends.container.specs import JOB_LABEL
 from prefect_kubeflow.constants import constants
@@ -111,7 +117,7 @@ def test_missing_images_are_typed_errors_and_nothing_is_created(
     engine, cclient, cconfig, tmp_path, monkeypatch
 ):
     api = engine_client(engine)
-    monkeypatch.setattr("prefect_kubeflow.client._job_name", lambda: "pknoimage1")
+    monkeypatch.setattr("prefect_kubeflow.jobspecs._job_name", lambda: "pknoimage1")
     for policy, reason in (("Never", "build or load it"), ("IfNotPresent", "could not be pulled")):
         client = TrainerClient(
             backend_config=cconfig.model_copy(
@@ -128,7 +134,7 @@ def test_a_name_conflict_is_typed_and_leaves_the_other_object_alone(
     engine, cclient, monkeypatch, tmp_path
 ):
     api = engine_client(engine)
-    monkeypatch.setattr("prefect_kubeflow.client._job_name", lambda: "pkconflict1")
+    monkeypatch.setattr("prefect_kubeflow.jobspecs._job_name", lambda: "pkconflict1")
     squatter = api.networks.create("pkconflict1-net")
     try:
         with pytest.raises(NameConflictError, match="pkconflict1-net"):
@@ -197,7 +203,7 @@ def test_an_image_without_python_is_a_clear_error_and_nothing_is_left(
         check=True,
         capture_output=True,
     )
-    monkeypatch.setattr("prefect_kubeflow.client._job_name", lambda: "pknopython1")
+    monkeypatch.setattr("prefect_kubeflow.jobspecs._job_name", lambda: "pknopython1")
     client = TrainerClient(
         backend_config=cconfig.model_copy(update={"image": "localhost/prefect-kubeflow-empty:1"})
     )
@@ -210,3 +216,40 @@ def test_an_image_without_python_is_a_clear_error_and_nothing_is_left(
 def test_an_unknown_container_runtime_is_an_input_error():
     with pytest.raises(InvalidInputError, match="container_runtime 'lxc' is not one of"):
         connect("lxc", None)
+
+
+TRAINER_IMAGE = "localhost/prefect-kubeflow-trainer:test"
+TRAINER_CONTEXT = Path(__file__).parent / "data" / "trainer-image"
+
+
+def build_trainer_image(api: docker.DockerClient) -> str:
+    """A user's training image, built on the test image with no registry: its own
+    ``torchrun /app/train.py`` (entrypoint and command) and no function of ours."""
+    api.images.build(
+        path=str(TRAINER_CONTEXT),
+        dockerfile="Containerfile",
+        tag=TRAINER_IMAGE,
+        buildargs={"BASE": TEST_IMAGE},
+        pull=False,
+        rm=True,
+    )
+    return TRAINER_IMAGE
+
+
+def test_a_custom_trainer_container_runs_its_own_ddp_on_two_nodes(engine, cclient):
+    image = build_trainer_image(engine_client(engine))
+    name = cclient.train(
+        trainer=CustomTrainerContainer(image=image, num_nodes=2, resources_per_node={"cpu": 2})
+    )
+    job = cclient.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    assert job.runtime.trainer.image == image
+    # The digest of what ran: the registry digest the engine knows, else the image's id.
+    built = engine_client(engine).images.get(image).attrs
+    digests = built.get("RepoDigests") or []
+    assert job.image_digest == (digests[0].rpartition("@")[2] if digests else built["Id"])
+    lines = sorted(line for line in cclient.get_job_logs(name) if "image rank=" in line)
+    assert lines == [
+        f"[node-{rank // 2}] image rank={rank} world=4 sum=10 attempt=0\n" for rank in range(4)
+    ]
+    assert cclient.get_job_result(name) is None  # an image returns no value

@@ -83,6 +83,42 @@ def test_every_body_validates_against_the_real_crd(overrides):
     assert constants.BACKEND_VERSION_LABEL in pod_labels == body["metadata"]["labels"]
 
 
+def test_job_options_and_a_custom_image_shape_the_trainjob():
+    patch = {"template": {"metadata": {"labels": {"from": "patch"}}}}
+    spec = _spec(
+        labels={"team": "nlp"},
+        annotations={"note": "any: text"},
+        runtime_patches=[{"manager": "me.example.com/tool", "trainingRuntimeSpec": patch}],
+    )
+    body = tj.build_trainjob(spec, _record(spec))
+    jsonschema.validate(body, _schema())
+    assert body["metadata"]["labels"]["team"] == "nlp"
+    assert body["metadata"]["annotations"]["note"] == "any: text"
+    assert constants.JOB_RECORD_KEY in body["metadata"]["annotations"]
+    assert body["spec"]["runtimePatches"][1] == {
+        "manager": "me.example.com/tool",
+        "trainingRuntimeSpec": patch,
+    }
+    image = _spec(
+        custom_image=True,
+        image="me/train:1",
+        function_name="",
+        function_source="",
+        func_args={},
+        trainer_command=["torchrun"],
+        trainer_args=["/app/train.py", "--epochs", "2"],
+    )
+    body = tj.build_trainjob(image, _record(image))
+    jsonschema.validate(body, _schema())
+    trainer = body["spec"]["trainer"]
+    assert trainer["image"] == "me/train:1"
+    assert trainer["command"] == ["torchrun"]
+    assert trainer["args"] == ["/app/train.py", "--epochs", "2"]
+    # Without the options, the image's own command runs.
+    plain = _spec(custom_image=True, image="me/train:1", function_name="", function_source="")
+    assert "command" not in tj.build_trainjob(plain, _record(plain))["spec"]["trainer"]
+
+
 def test_resources_env_and_pip_settings():
     spec = _spec(
         resources_per_node={"cpu": 2, "memory": "4Gi", "gpu": 1},

@@ -35,10 +35,14 @@ def clock() -> Clock:
     return Clock()
 
 
-def catalog(sources, tmp_path, clock, **http) -> RuntimeCatalog:
+def catalog(sources, tmp_path, clock, pin_images=True, **http) -> RuntimeCatalog:
     settings = {"allow_http": True, "timeout_seconds": 5.0, **http}
     return RuntimeCatalog(
-        sources, cache_dir=tmp_path / "cache", http=HttpSettings(**settings), clock=clock
+        sources,
+        cache_dir=tmp_path / "cache",
+        http=HttpSettings(**settings),
+        clock=clock,
+        pin_images=pin_images,
     )
 
 
@@ -299,7 +303,7 @@ def test_errors_keep_their_cause_except_a_request_holding_the_token(tmp_path, cl
 def test_cache_hit_expiry_and_refresh(tmp_path, clock):
     with file_server() as server:
         server.files["/r.yaml"] = runtime_yaml("cached", image="v:1").encode()
-        runtimes = catalog([f"{server.url}/r.yaml"], tmp_path, clock)
+        runtimes = catalog([f"{server.url}/r.yaml"], tmp_path, clock, pin_images=False)
         assert runtimes.get("cached").runtime.trainer.image == "v:1"
         assert len(server.requests) == 1
         server.files["/r.yaml"] = runtime_yaml("cached", image="v:2").encode()
@@ -315,6 +319,40 @@ def test_cache_hit_expiry_and_refresh(tmp_path, clock):
         clock.now += DAY + 1
         assert runtimes.get("cached").runtime.trainer.image == "v:3"  # expired: fetched again
         assert len(server.requests) == 3
+
+
+def test_a_remote_runtime_keeps_the_image_it_was_first_read_with(tmp_path, clock):
+    with file_server() as server:
+        server.files["/r.yaml"] = runtime_yaml("torchy", image="torch:2.7.1").encode()
+        source = f"{server.url}/r.yaml"
+        assert catalog([source], tmp_path, clock).get("torchy").runtime.trainer.image == (
+            "torch:2.7.1"
+        )
+        # Upstream moves the image: another process, fetching afresh, still gets the pinned
+        # one, and a warning naming both.
+        server.files["/r.yaml"] = runtime_yaml("torchy", image="torch:2.13.0").encode()
+        with pytest.warns(RuntimeSourceWarning, match="now names image 'torch:2.13.0'; jobs keep "):
+            pinned = catalog([source], tmp_path, clock).get("torchy", refresh=True)
+        assert pinned.runtime.trainer.image == "torch:2.7.1"
+        # Asked for: the source's image is followed.
+        followed = catalog([source], tmp_path, clock, pin_images=False).get("torchy")
+        assert followed.runtime.trainer.image == "torch:2.13.0"
+        # A local file is the user's own: never pinned.
+        local = tmp_path / "mine.yaml"
+        local.write_text(runtime_yaml("mine", image="a:1"))
+        assert catalog([str(local)], tmp_path, clock).get("mine").runtime.trainer.image == "a:1"
+        local.write_text(runtime_yaml("mine", image="a:2"))
+        assert catalog([str(local)], tmp_path, clock).get("mine").runtime.trainer.image == "a:2"
+
+
+def test_the_builtin_runtime_and_default_image_are_pinned_by_digest(tmp_path, clock):
+    from prefect_kubeflow import constants
+
+    builtin = catalog([], tmp_path, clock).get("torch-distributed")
+    assert builtin.runtime.trainer.image == constants.DEFAULT_FRAMEWORK_IMAGES["torch"]
+    repository, _, digest = builtin.runtime.trainer.image.partition("@")
+    assert repository == "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"
+    assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
 
 
 def test_the_ttl_is_configurable(tmp_path, clock):
@@ -494,7 +532,7 @@ def test_a_file_that_fails_to_fetch_never_replaces_a_good_cached_copy(tmp_path, 
         server.files["/a.yaml"] = runtime_yaml("idx-a").encode()
         server.files["/b.yaml"] = runtime_yaml("idx-b").encode()
         server.files["/index.yaml"] = b"- a.yaml\n- b.yaml\n"
-        runtimes = catalog([f"{server.url}/index.yaml"], tmp_path, clock)
+        runtimes = catalog([f"{server.url}/index.yaml"], tmp_path, clock, pin_images=False)
         assert {"idx-a", "idx-b"} <= set(runtimes.load().specs)
         clock.now += DAY + 1
         server.files["/a.yaml"] = (503, b"busy")

@@ -89,7 +89,7 @@ def test_container_node_specs_are_built_without_an_engine():
     settings = ContainerSettings(
         env={"A": "block", "B": "2"}, volumes=("/data:/data:ro",), shm_size="1g"
     )
-    nodes = build_node_specs(spec, record, settings, "docker", Path("/jobs/abc123"), {})
+    nodes = build_node_specs(spec, record, settings, "docker", Path("/jobs/abc123"), {}, [])
     assert [n.name for n in nodes] == ["abc123-node-0", "abc123-node-1"]
     node1 = nodes[1]
     assert node1.network == "abc123-net" and node1.image == "img:1"
@@ -109,7 +109,7 @@ def test_container_node_specs_are_built_without_an_engine():
     assert (node1.gpu_driver, node1.gpu_ids) == ("nvidia", ["1"])  # each node its own GPU
     assert node1.binds[0] == "/jobs/abc123/nodes:/pk-job:rw"
     assert node1.binds[-1] == "/data:/data:ro"
-    podman = build_node_specs(spec, record, settings, "podman", Path("/jobs/abc123"), {})
+    podman = build_node_specs(spec, record, settings, "podman", Path("/jobs/abc123"), {}, [])
     assert (podman[0].gpu_driver, podman[0].gpu_ids) == ("cdi", ["nvidia.com/gpu=0"])
 
 
@@ -155,3 +155,25 @@ def test_index_urls_are_shown_without_credentials(url, shown):
     from prefect_kubeflow.backends.torchrun import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_a_custom_image_node_runs_the_images_command_with_the_rendezvous_env():
+    from prefect_kubeflow.backends.container.specs import ContainerSettings, build_node_specs
+
+    spec, record = _job(custom_image=True)
+    settings = ContainerSettings()
+    nodes = build_node_specs(
+        spec, record, settings, "podman", Path("/jobs/abc123"), {}, ["torchrun", "/app/t.py"]
+    )
+    node1 = nodes[1]
+    assert node1.command[-3:] == ["--", "torchrun", "/app/t.py"]
+    assert node1.command[:3] == ["python3", "-m", "prefect_kubeflow.backends.node"]
+    assert {k: v for k, v in node1.env.items() if k.startswith("PET_")} == {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": "abc123-node-0",
+        "PET_MASTER_PORT": "29500",
+    }
+    with pytest.raises(InvalidInputError, match="image 'img:1' has no command"):
+        build_node_specs(spec, record, settings, "podman", Path("/jobs/abc123"), {}, [])

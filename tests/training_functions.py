@@ -121,3 +121,17 @@ def returns_local_class(label: str = "best"):
 def returns_unpicklable():
     """A generator cannot be pickled: rank 0 fails, naming its type."""
     return (i for i in range(3))
+
+
+def fails_first_attempt(rank_to_fail: int = 1):
+    import os
+    import time
+
+    attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+    rank = int(os.environ["RANK"])
+    print(f"attempt {attempt} rank {rank} started")
+    if attempt == 0:
+        if rank == rank_to_fail:
+            raise ValueError(f"first attempt fails on rank {rank}")
+        time.sleep(300)  # until the gang is torn down
+    return attempt

@@ -1,16 +1,16 @@
-"""The contract every backend implements: seven operations, and the invariants they share.
+"""The contract every backend implements: nine operations, and the invariants they share.
 
 A backend knows where nodes run and nothing of Prefect or of the client: waiting, polling, log
 interleaving, input validation and flow runs live once above it. State is always read back from
 the backend's own records (files, container labels, the TrainJob object), never kept in memory,
 so any process sees the same jobs.
 
-Subclasses implement `create`, `describe`, `list_jobs`, `node_logs`, `result`, `stop` and
-`delete`;
-the base adds `get` (unknown name: `JobNotFoundError`) and an idempotent `ensure_created`. A job
-being deleted is gone at once (as a Kubernetes object with a deletion timestamp): its watchers
-then know it was deleted rather than failed. `to_trainjob` rolls node phases up to a job
-status, once for all.
+Subclasses implement `create`, `describe`, `list_jobs`, `node_logs`, `result`, `stop`,
+`delete`, `restart` (a failed gang's next attempt) and `events`; the base adds `get` (unknown
+name: `JobNotFoundError`) and an idempotent `ensure_created`. A job being deleted is gone at
+once (as a Kubernetes object with a deletion timestamp): its watchers then know it was deleted
+rather than failed. `to_trainjob` rolls node phases up to a job status, once for all (a failed
+attempt with restarts left reads Running).
 """
 
 from __future__ import annotations
@@ -23,10 +23,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from prefect_kubeflow import constants
+from prefect_kubeflow import constants, options
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.errors import BackendError, JobNotFoundError, JobResultError
-from prefect_kubeflow.types import Event, Runtime, RuntimeTrainer, Step, TrainerType, TrainJob
+from prefect_kubeflow.errors import JobNotFoundError, JobResultError
+from prefect_kubeflow.types import (
+    Event,
+    Restart,
+    Runtime,
+    RuntimeTrainer,
+    Step,
+    TrainerType,
+    TrainJob,
+)
 
 if TYPE_CHECKING:
     from prefect_kubeflow.runtimes.parsing import RuntimeSpec
@@ -46,8 +54,8 @@ class JobSpec:
     image: str
     num_nodes: int
     num_proc_per_node: int | str
-    function_name: str
-    function_source: str
+    function_name: str = ""  # empty for a CustomTrainerContainer
+    function_source: str = ""
     runtime_origin: str | None = None
     func_args: dict[str, Any] = field(default_factory=dict)
     packages_to_install: list[str] = field(default_factory=list)
@@ -55,6 +63,15 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     resources_per_node: dict[str, Any] = field(default_factory=dict)
     runtime_num_nodes: int = 1
+    max_restarts: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    # A CustomTrainerContainer: the nodes run `image`'s own command, no shipped function.
+    custom_image: bool = False
+    # What only Kubernetes honours (`prefect_kubeflow.options`).
+    runtime_patches: list[dict[str, Any]] = field(default_factory=list)
+    trainer_command: list[str] | None = None
+    trainer_args: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,9 +89,21 @@ class JobRecord:
     num_nodes: int
     nproc_per_node: int
     device: str
+    max_restarts: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    image_digest: str | None = None
+    custom_image: bool = False
 
     @classmethod
-    def for_spec(cls, spec: JobSpec, image: str, nproc_per_node: int, device: str) -> JobRecord:
+    def for_spec(
+        cls,
+        spec: JobSpec,
+        image: str,
+        nproc_per_node: int,
+        device: str,
+        image_digest: str | None = None,
+    ) -> JobRecord:
         """The record of a job created now from `spec`, with what its backend resolved."""
         return cls(
             name=spec.name,
@@ -87,6 +116,11 @@ class JobRecord:
             num_nodes=spec.num_nodes,
             nproc_per_node=nproc_per_node,
             device=device,
+            max_restarts=spec.max_restarts,
+            labels=dict(spec.labels),
+            annotations=dict(spec.annotations),
+            image_digest=image_digest,
+            custom_image=spec.custom_image,
         )
 
     def to_json(self) -> str:
@@ -144,11 +178,36 @@ def is_active(status: str) -> bool:
     return status in _ACTIVE
 
 
+RESTARTING = "\nrestarting: attempt {next} of {total} comes next"
+
+
+def attempt_failure(job: TrainJob) -> str:
+    """Why the job's current attempt failed: its message without the note that it restarts."""
+    return (job.message or "no reason recorded").split(RESTARTING.split("{", 1)[0], 1)[0]
+
+
+def restart_pending(job: TrainJob) -> bool:
+    """Whether the job's current attempt failed, every node of it has ended, and a gang
+    restart is due (restarts remain): the moment to call `Backend.restart`."""
+    ended = {constants.STEP_SUCCEEDED, constants.STEP_FAILED}
+    return (
+        job.status == constants.TRAINJOB_RUNNING
+        and all(step.status in ended for step in job.steps)
+        and any(step.status == constants.STEP_FAILED for step in job.steps)
+    )
+
+
 def to_trainjob(
-    record: JobRecord, nodes: Sequence[NodeState], failure: Callable[[int], str]
+    record: JobRecord,
+    nodes: Sequence[NodeState],
+    failure: Callable[[int], str],
+    restarts: Sequence[Restart] = (),
+    cancelled: str | None = None,
 ) -> TrainJob:
     """The `TrainJob` every backend returns: steps from `nodes`, the rolled-up status, and for a
-    Failed job the message `failure(index)` of the node that failed first."""
+    Failed job the message `failure(index)` of the node that failed first. A failed attempt
+    with restarts left (`record.max_restarts` > the `restarts` so far) reads Running: the job
+    is restarting, and says why; unless it was `cancelled` (why), which no restart follows."""
     steps = [
         Step(
             name=f"{constants.NODE}-{index}",
@@ -164,6 +223,11 @@ def to_trainjob(
     if status == constants.TRAINJOB_FAILED:
         failed = [i for i, node in enumerate(nodes) if node.phase == constants.STEP_FAILED]
         message = failure(min(failed, key=lambda i: nodes[i].ended_at))
+        if cancelled is not None:
+            message = f"cancelled ({cancelled}); {message}"
+        elif len(restarts) < record.max_restarts:
+            status = constants.TRAINJOB_RUNNING
+            message += RESTARTING.format(next=len(restarts) + 2, total=record.max_restarts + 1)
     trainer = RuntimeTrainer(
         trainer_type=TrainerType.CUSTOM_TRAINER,
         framework=record.framework,
@@ -180,11 +244,22 @@ def to_trainjob(
         creation_timestamp=datetime.fromisoformat(record.created),
         status=status,
         message=message,
+        labels=dict(record.labels),
+        annotations=dict(record.annotations),
+        restarts=list(restarts),
+        image_digest=record.image_digest,
     )
 
 
 class Backend(ABC):
     """Where TrainJob nodes run: create, read back, follow logs, stop, delete."""
+
+    #: The job options (`prefect_kubeflow.options`) this backend honours.
+    supported_options: frozenset[str] = options.COMMON
+    #: Whether a `CustomTrainerContainer` (a user's image) runs here.
+    runs_images: bool = True
+    #: Whether `max_restarts` > 0 is honoured (the watcher calls `restart`).
+    gang_restarts: bool = True
 
     @abstractmethod
     def create(self, spec: JobSpec) -> None:
@@ -232,6 +307,37 @@ class Backend(ABC):
         """Stop the job if it runs and remove whatever exists of it; safe to call again (also
         after a delete that was interrupted). Whether there was anything to remove."""
 
+    @abstractmethod
+    def restart(self, name: str) -> None:
+        """Start attempt n+1 of a job whose attempt n failed and has fully stopped: archive the
+        attempt's node files and why it ended, then start every node again with a fresh
+        rendezvous and ``TORCHELASTIC_RESTART_COUNT`` = n+1. The job's watcher calls it when
+        `restart_pending` says so.
+
+        Raises:
+            JobNotFoundError: there is no such job.
+            BackendError: a node of the job still runs.
+        """
+
+    @abstractmethod
+    def events(self, name: str) -> list[Event]:
+        """What happened to the job and its nodes, oldest first, as the backend keeps it
+        (readable from any process, and after the job was deleted).
+
+        Raises:
+            JobNotFoundError: there is no such job, and no record of one.
+        """
+
+    def cancel(self, name: str, message: str) -> None:
+        """Stop every node of the job for good, recording why: no gang restart follows."""
+        self.record_event(name, "Cancelled", message)
+        self.stop(name)
+
+    def record_event(self, name: str, reason: str, message: str) -> None:
+        """Add an event about the job (a gang teardown, a cancellation) to its record; a
+        failure to is logged, never raised: events tell, they do not decide."""
+        return None
+
     # -- what some engines offer -------------------------------------------------------------
 
     def record_flow_run(self, name: str, flow_run_id: str) -> None:
@@ -239,18 +345,6 @@ class Backend(ABC):
         metadata change (a TrainJob's labels). Engines whose labels are fixed at creation keep
         none: the flow run's own label links it to its job."""
         return None
-
-    def events(self, name: str) -> list[Event]:
-        """What happened to the job, oldest first, as the engine records it.
-
-        Raises:
-            JobNotFoundError: there is no such job.
-            BackendError: this engine records no events.
-        """
-        raise BackendError(
-            f"the {type(self).__name__} records no events of its jobs; the Kubernetes backend "
-            "reads them from the cluster"
-        )
 
     def runtimes(self) -> list[RuntimeSpec]:
         """Runtimes the engine itself serves (a cluster's ClusterTrainingRuntimes), listed

@@ -18,6 +18,10 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 RESULT_FILE = "result.pkl"
+# The job's gang restarts so far, set by the backend on every node of an attempt. torchrun
+# sets TORCHELASTIC_RESTART_COUNT to its own (per-agent) count; the function sees the sum.
+RESTART_COUNT_ENV = "PREFECT_KUBEFLOW_RESTART_COUNT"
+TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 
 
 def _die_with_parent() -> None:
@@ -34,6 +38,10 @@ def _die_with_parent() -> None:
 def main(job_dir: str) -> None:
     """Load the function and its arguments from `job_dir` and call it."""
     _die_with_parent()
+    restarts = int(os.environ.get(RESTART_COUNT_ENV) or 0)
+    os.environ[TORCHELASTIC_RESTART_COUNT] = str(
+        restarts + int(os.environ.get(TORCHELASTIC_RESTART_COUNT) or 0)
+    )
     # One write per line: lines of ranks sharing the node's pipe never tear (writes up to
     # PIPE_BUF bytes are atomic), and each line still arrives as soon as it is printed.
     # write_through is off too: PYTHONUNBUFFERED turns it on, and then print() writes a line's

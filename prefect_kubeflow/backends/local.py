@@ -27,20 +27,37 @@ from platformdirs import user_cache_dir, user_data_dir
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, NodeState, to_trainjob
+from prefect_kubeflow.backends.base import (
+    Backend,
+    JobRecord,
+    JobSpec,
+    NodeState,
+    attempt_failure,
+    to_trainjob,
+)
 from prefect_kubeflow.backends.jobfiles import (
+    archive_attempt,
+    created_message,
+    events_of,
+    forget_deleted_events,
+    job_event,
+    keep_deleted_events,
+    mark_cancelled,
     node_exit_file,
     node_failure,
     node_log,
+    read_cancelled,
     read_exit,
+    read_restarts,
     read_result,
+    restarted_message,
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
-from prefect_kubeflow.errors import NameConflictError
+from prefect_kubeflow.errors import BackendError, NameConflictError
 from prefect_kubeflow.files import remove_tree, write_json_atomic
-from prefect_kubeflow.types import TrainJob
+from prefect_kubeflow.types import Event, TrainJob
 
 JOB_FILE = "job.json"
 HOST_FILE = "host.json"
@@ -104,6 +121,8 @@ def host_alive(job_dir: Path) -> bool:
 class LocalProcessBackend(Backend):
     """Runs each node as a torchrun agent subprocess; jobs live under `jobs_dir`."""
 
+    runs_images = False
+
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self.jobs_dir = settings.jobs_dir.expanduser().absolute()
@@ -137,6 +156,8 @@ class LocalProcessBackend(Backend):
             raise NameConflictError(f"a job folder {job_dir} already exists") from exc
         try:
             write_function(job_dir, spec)
+            forget_deleted_events(self.jobs_dir, spec.name)
+            job_event(job_dir, spec.name, "Created", created_message(spec))
             # job.json last but for the host: a job is listed only once it is complete.
             write_json_atomic(job_dir / JOB_FILE, asdict(job))
             self._start_host(job_dir)
@@ -216,7 +237,8 @@ class LocalProcessBackend(Backend):
                 return f"the process hosting the job's nodes (pid {pid}) died"
             return node_failure(job_dir, rank, ended["code"], job.record.nproc_per_node)
 
-        return to_trainjob(job.record, nodes, failure)
+        restarts, cancelled = read_restarts(job_dir), read_cancelled(job_dir)
+        return to_trainjob(job.record, nodes, failure, restarts, cancelled)
 
     def node_logs(
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
@@ -234,6 +256,22 @@ class LocalProcessBackend(Backend):
         """Rank 0's pickled return value, from the job's folder."""
         return read_result(self._existing_dir(name))
 
+    def events(self, name: str) -> list[Event]:
+        """The job's event log, kept in its folder (and for an hour after it is deleted)."""
+        events = events_of(self.jobs_dir, self._dir(name), name)
+        if events is None:
+            raise self.not_found(name)
+        return events
+
+    def record_event(self, name: str, reason: str, message: str) -> None:
+        """Add an event to the job's log in its folder."""
+        job_dir = self._dir(name)
+        if job_dir is not None:
+            try:
+                job_event(job_dir, name, reason, message)
+            except OSError as exc:
+                logger.warning("could not record event %s of %s: %s", reason, name, exc)
+
     def _existing_dir(self, name: str) -> Path:
         job_dir = self._dir(name)
         if job_dir is None:
@@ -248,6 +286,28 @@ class LocalProcessBackend(Backend):
         if job_dir is not None:
             processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
 
+    def restart(self, name: str) -> None:
+        """Archive the ended attempt (its host's record too: the job reads Pending until the
+        new host runs), then start a new host for the next attempt."""
+        job_dir = self._existing_dir(name)
+        host = read_host(job_dir)
+        if host is not None and processes.is_alive(host["pid"], host["start"]):
+            raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
+        job = self.get(name)
+        reason = attempt_failure(job)
+        attempt = archive_attempt(
+            job_dir, job.num_nodes, reason, extra=(HOST_FILE, "host.log", ERROR_FILE)
+        )
+        job_event(job_dir, name, "Restarted", restarted_message(attempt, reason))
+        self._start_host(job_dir)
+
+    def cancel(self, name: str, message: str) -> None:
+        """Mark the job cancelled (no restart follows), then stop it."""
+        job_dir = self._dir(name)
+        if job_dir is not None:
+            mark_cancelled(job_dir, message)
+        super().cancel(name, message)
+
     def delete(self, name: str) -> bool:
         """Stop the host and every node process, then remove the job's folder; also finish
         what an interrupted delete of the same name left."""
@@ -258,10 +318,10 @@ class LocalProcessBackend(Backend):
             (self.jobs_dir / name).rename(tombstone)
         claimed = list(self.jobs_dir.glob(TOMBSTONE.format(name=name) + "*"))
         for folder in claimed:
-            self._tear_down(folder)
+            self._tear_down(folder, name)
         return bool(claimed)
 
-    def _tear_down(self, folder: Path) -> None:
+    def _tear_down(self, folder: Path, name: str) -> None:
         """Stop the host and the nodes of a job being deleted, then remove its folder."""
         host = read_host(folder)
         if host is not None and processes.is_alive(host["pid"], host["start"]):
@@ -283,6 +343,7 @@ class LocalProcessBackend(Backend):
             )
         else:
             processes.kill_marked(job_id, self.settings.grace_period)
+        keep_deleted_events(self.jobs_dir, folder, name)
         remove_tree(folder, "the folder of a deleted job")
 
 

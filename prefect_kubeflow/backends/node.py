@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from prefect_kubeflow.backends.eventlog import EVENTS_FILE, append_event
 from prefect_kubeflow.backends.logfile import STDERR, STDOUT, NodeLogWriter
 from prefect_kubeflow.backends.processes import JOB_ID_ENV
 from prefect_kubeflow.files import write_json_atomic
@@ -92,13 +93,33 @@ def main(
                 fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
         if os.getppid() != parent or stopped:  # the parent died before prctl took effect
             stop_agent(signal.SIGTERM, None)
+        if command is argv:
+            _event(exit_file, "Started", f"started (pid {running.pid})")
         pump(running, writer)
         code = running.wait()
         if code != 0:
             break
     writer.close()
     write_json_atomic(Path(exit_file), {"code": code, "orphaned": orphaned})
+    _event(exit_file, "Completed" if code == 0 else "Failed", _how_it_ended(code))
     return code
+
+
+def _event(exit_file: str, reason: str, message: str) -> None:
+    """Record an event of this node in the job's event log (beside its exit file)."""
+    node = Path(exit_file).stem
+    with contextlib.suppress(OSError):  # the job's folder is being deleted
+        append_event(
+            Path(exit_file).parent / EVENTS_FILE, "Node", node, reason, f"{node} {message}"
+        )
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0 or code > 128:
+        number = -code if code < 0 else code - 128
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(number).name}"
+    return f"exited with {code}"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from pathlib import Path
 from types import FrameType
 
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.jobfiles import node_exit_file, node_log
+from prefect_kubeflow.backends.entrypoint import RESTART_COUNT_ENV
+from prefect_kubeflow.backends.jobfiles import node_exit_file, node_log, read_restarts
 from prefect_kubeflow.backends.local import ERROR_FILE, LocalJob
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, torchrun_argv
 from prefect_kubeflow.backends.venv import ensure_venv
@@ -57,7 +58,8 @@ def start_keepers(
             )
         )
     port = _free_port()
-    env = {**os.environ, **job.env}  # merged onto ours; the keeper adds the job's marker
+    # Merged onto ours; the keeper adds the job's marker.
+    env = {**os.environ, **job.env, RESTART_COUNT_ENV: str(len(read_restarts(job_dir)))}
     workdir = job.workdir if Path(job.workdir).is_dir() else str(job_dir)
     num_nodes, nproc = job.record.num_nodes, job.record.nproc_per_node
     for rank in range(num_nodes):

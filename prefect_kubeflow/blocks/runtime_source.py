@@ -105,6 +105,13 @@ class TrainingRuntimeSource(Block):
         default=True,
         description="Whether the runtimes built into prefect-kubeflow are listed after these.",
     )
+    pin_images: bool = Field(
+        default=True,
+        description=(
+            "Whether a remote source's runtime keeps the image it was first read with: a change "
+            "upstream is then a warning naming both images, never a silent new environment."
+        ),
+    )
 
     def get_catalog(self, clock: Callable[[], float] = time.time) -> RuntimeCatalog:
         """A catalog reading these sources; `clock` drives cache freshness."""
@@ -123,5 +130,6 @@ class TrainingRuntimeSource(Block):
             ),
             default_images=self.default_images,
             include_builtin=self.include_builtin_runtimes,
+            pin_images=self.pin_images,
             clock=clock,
         )

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, is_active
+from prefect_kubeflow.backends.base import Backend, is_active, restart_pending
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import TrainJob
@@ -54,16 +54,30 @@ def watch_node(
         if phase not in ENDED:
             time.sleep(0.1)
     if phase == constants.STEP_FAILED:
-        stop_gang(backend, name)
+        node = f"{constants.NODE}-{node_index}"
+        stop_gang(backend, name, "GangTeardown", f"{node} failed: stopping every node of the gang")
     return phase
 
 
-def stop_gang(backend: Backend, name: str) -> None:
-    """Stop every node of the job; a failure to is logged (the flow then watches on)."""
+def stop_gang(backend: Backend, name: str, reason: str, message: str) -> None:
+    """Stop every node of the job, recording why as an event; a failure to stop is logged
+    (the flow then watches on)."""
+    backend.record_event(name, reason, message)
     try:
         backend.stop(name)
     except BackendError as exc:
         logger.warning("stopping the nodes of TrainJob %s failed: %s", name, exc)
+
+
+def restart_gang(backend: Backend, name: str) -> TrainJob | None:
+    """Start the job's next attempt if its current one failed, has fully stopped and restarts
+    remain (`restart_pending`); the job then (None once deleted)."""
+    job = backend.describe(name)
+    if job is not None and restart_pending(job):
+        logger.info("TrainJob %s: attempt %s failed; restarting the gang", name, job.attempt + 1)
+        backend.restart(name)
+        job = backend.describe(name)
+    return job
 
 
 def watch_gang(backend: Backend, name: str) -> TrainJob | None:
@@ -81,10 +95,14 @@ def watch_gang(backend: Backend, name: str) -> TrainJob | None:
 
 
 def finish(backend: Backend, name: str, auto_remove: bool) -> TrainJob | None:
-    """The job once none of its nodes runs (watching the gang while any does), removed then
-    if `auto_remove`; None once deleted. The end of every plan, with Prefect or without."""
+    """The job once none of its nodes runs and no restart is due (watching the gang while any
+    runs, restarting it when one is), removed then if `auto_remove`; None once deleted. The
+    end of every plan, with Prefect or without."""
     job = backend.describe(name)
-    if job is not None and is_active(job.status):
+    while job is not None and is_active(job.status):
+        if restart_pending(job):
+            job = restart_gang(backend, name)
+            continue
         logger.info("TrainJob %s still runs; watching its nodes", name)
         job = watch_gang(backend, name)
     if job is not None and auto_remove:

@@ -24,11 +24,11 @@ from prefect.states import Cancelled, Pending
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import JobSpec, restart_pending
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
-from prefect_kubeflow.flows.gang import finish, remove, watch_node
+from prefect_kubeflow.flows.gang import finish, remove, restart_gang, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
 
@@ -51,6 +51,15 @@ def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConf
     if phase == constants.STEP_FAILED:
         raise JobFailedError(job_name, f"{node} failed")
     return phase
+
+
+def _node_task(node_index: int, attempt: int) -> Any:
+    """The node task, named ``node-<i>`` on the first attempt and ``node-<i> (attempt n)``
+    after gang restarts, so each attempt shows in the Prefect UI."""
+    name = f"{constants.NODE}-{node_index}"
+    return run_node.with_options(
+        task_run_name=name + (f" (attempt {attempt + 1})" if attempt else "")
+    )
 
 
 def _name_of(job: JobSpec | str | dict[str, Any]) -> str:
@@ -78,11 +87,13 @@ def trainjob(
     """Run the TrainJob `job` (a spec, or the name of a job already created) to its end; its
     nodes are ``node-<i>`` tasks.
 
-    Returns rank 0's return value (kept with Prefect's result storage where results persist);
-    raises `JobFailedError` when a node fails, and ends Cancelled when the job is deleted
-    while it runs. A value that cannot be read here (a class this interpreter cannot import,
-    over 4 KiB on Kubernetes) is logged and None returned, unless `require_result` (a task
-    runner's future needs it): then the flow fails with `JobResultError`.
+    When a node fails and the job has restarts left, the gang restarts: each attempt gets its
+    own ``node-<i>`` task runs. Returns rank 0's return value (kept with Prefect's result
+    storage where results persist); raises `JobFailedError` when a node fails (and no restart
+    remains), and ends Cancelled when the job is deleted while it runs. A value that cannot be
+    read here (a class this interpreter cannot import, over 4 KiB on Kubernetes) is logged and
+    None returned, unless `require_result` (a task runner's future needs it): then the flow
+    fails with `JobResultError`.
     """
     backend = backend_config.get_backend()
     name = _name_of(job)
@@ -98,7 +109,17 @@ def trainjob(
     final = backend.describe(name)
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
-    wait([run_node.submit(name, i, backend_config) for i in range(final.num_nodes)])
+    while final is not None:
+        wait(
+            [
+                _node_task(i, final.attempt).submit(name, i, backend_config)
+                for i in range(final.num_nodes)
+            ]
+        )
+        final = backend.describe(name)
+        if final is None or not restart_pending(final):
+            break
+        final = restart_gang(backend, name)  # the next attempt: new node-<i> task runs
     # Still running here only if a node's task ended before its node (an engine error).
     final = finish(backend, name, auto_remove=False)
     if final is None:

@@ -27,6 +27,7 @@ from prefect_kubeflow.errors import (
 from prefect_kubeflow.runtimes.cache import CacheEntry, RuntimeCache
 from prefect_kubeflow.runtimes.http import HttpSettings
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, parse_runtimes
+from prefect_kubeflow.runtimes.pins import ImagePins
 from prefect_kubeflow.runtimes.sources import Source, parse_source
 from prefect_kubeflow.types import Runtime
 
@@ -40,6 +41,7 @@ class CatalogListing:
 
     specs: dict[str, RuntimeSpec] = field(default_factory=dict)
     errors: list[RuntimeSourceError] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # pinned images a source has changed
 
 
 def builtin_runtimes() -> list[RuntimeSpec]:
@@ -63,6 +65,8 @@ class RuntimeCatalog:
         default_images: framework → image for runtimes that name no image; merged onto
             `constants.DEFAULT_FRAMEWORK_IMAGES`.
         include_builtin: whether the package's built-in runtimes come last.
+        pin_images: whether a remote source's runtime keeps the image it was first read with
+            (`ImagePins`; a change upstream is then a warning, not a new image).
         first: runtimes that come before every source (a cluster's own, read on each load);
             when it fails, it is reported as a failed source.
         clock: the time source of cache freshness (tests drive it).
@@ -77,6 +81,7 @@ class RuntimeCatalog:
         http: HttpSettings | None = None,
         default_images: Mapping[str, str] | None = None,
         include_builtin: bool = True,
+        pin_images: bool = True,
         clock: Callable[[], float] = time.time,
         first: Callable[[], list[RuntimeSpec]] | None = None,
     ) -> None:
@@ -89,6 +94,7 @@ class RuntimeCatalog:
         )
         self.default_images = {**constants.DEFAULT_FRAMEWORK_IMAGES, **(default_images or {})}
         self.include_builtin = include_builtin
+        self.pins = ImagePins(self.cache.folder) if pin_images else None
         self.first = first
 
     def load(self, refresh: bool = False) -> CatalogListing:
@@ -109,6 +115,12 @@ class RuntimeCatalog:
             except Exception as exc:  # a bad source must never hide the ones after it
                 specs, errors = [], [RuntimeSourceError(text, f"{type(exc).__name__}: {exc}")]
             listing.errors.extend(errors)
+            if self.pins is not None and specs and source.remote:
+                try:
+                    specs, notices = self.pins.apply(source.text, specs)
+                except OSError as exc:
+                    notices = [f"image pins cannot be kept in {self.pins.path} ({exc})"]
+                listing.notices.extend(notices)
             for spec in specs:
                 listing.specs.setdefault(spec.runtime.name, self._with_default_image(spec))
         if self.include_builtin:
@@ -119,7 +131,7 @@ class RuntimeCatalog:
     def list_runtimes(self, refresh: bool = False) -> list[RuntimeSpec]:
         """Every runtime, source order then file order; failed sources are warned about."""
         listing = self.load(refresh)
-        _warn(listing.errors)
+        _warn(listing)
         return list(listing.specs.values())
 
     def get(self, name: str, refresh: bool = False) -> RuntimeSpec:
@@ -130,7 +142,7 @@ class RuntimeCatalog:
                 and the sources that failed (the runtime may be in one of them).
         """
         listing = self.load(refresh)
-        _warn(listing.errors)
+        _warn(listing)
         if name not in listing.specs:
             failed = sorted({err.source for err in listing.errors})
             hint = f"; sources that failed to load: {', '.join(failed)}" if failed else ""
@@ -193,6 +205,6 @@ class RuntimeCatalog:
         )
 
 
-def _warn(errors: Sequence[RuntimeSourceError]) -> None:
-    for error in errors:
-        warnings.warn(str(error), RuntimeSourceWarning, stacklevel=3)
+def _warn(listing: CatalogListing) -> None:
+    for message in [*map(str, listing.errors), *listing.notices]:
+        warnings.warn(message, RuntimeSourceWarning, stacklevel=3)

@@ -9,21 +9,27 @@ forwarder. Docker and Podman are both driven through the Docker API (`engine.py`
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
 
 import requests
 from docker.errors import DockerException
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, NodeState, to_trainjob
+from prefect_kubeflow.backends.base import (
+    Backend,
+    JobRecord,
+    JobSpec,
+    NodeState,
+    attempt_failure,
+    to_trainjob,
+)
 from prefect_kubeflow.backends.container.engine import (
     Engine,
     connect,
@@ -32,6 +38,18 @@ from prefect_kubeflow.backends.container.engine import (
     is_not_found,
     run_node,
 )
+from prefect_kubeflow.backends.container.nodes import (
+    CREATED_FILE,
+    DELETING_FILE,
+    PENDING_STATES,
+    RUNNING_STATES,
+    Node,
+    attempt_of,
+    by_job,
+    created_attempt,
+    deleting,
+    list_nodes,
+)
 from prefect_kubeflow.backends.container.specs import (
     BACKEND_LABEL,
     JOB_DIR_LABEL,
@@ -39,17 +57,29 @@ from prefect_kubeflow.backends.container.specs import (
     NODE_LABEL,
     RECORD_LABEL,
     ContainerSettings,
+    NodeSpec,
     build_node_specs,
     job_labels,
     network_name,
     node_name,
     nodes_dir,
+    restarted,
 )
 from prefect_kubeflow.backends.jobfiles import (
+    archive_attempt,
+    created_message,
+    events_of,
+    forget_deleted_events,
+    job_event,
+    keep_deleted_events,
+    mark_cancelled,
     node_exit_file,
     node_failure,
     node_log,
+    read_cancelled,
+    read_restarts,
     read_result,
+    restarted_message,
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
@@ -58,30 +88,12 @@ from prefect_kubeflow.errors import (
     BackendError,
     NameConflictError,
 )
-from prefect_kubeflow.files import remove_tree
-from prefect_kubeflow.types import TrainJob
+from prefect_kubeflow.files import remove_tree, write_json_atomic
+from prefect_kubeflow.types import Event, TrainJob
 
-CREATED_FILE = "created"  # in the job's folder once every node exists
-DELETING_FILE = "deleting"  # the job is being deleted: it no longer reads as a job
+NODES_FILE = "nodes.json"  # the node containers' specs, for a gang restart
 _STATE_POLL_SECONDS = 2.0
-# Engine states of a container that has not ended (Podman names more than Docker); any other
-# (exited, dead, stopped) has, and is inspected for its exit code.
-PENDING_STATES = ("created", "configured", "initialized")
-RUNNING_STATES = ("running", "paused", "restarting", "stopping", "removing")
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?")
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Node:
-    """A node's container as the engine lists it; the exit code once it has exited."""
-
-    id: str
-    labels: dict[str, str]
-    state: str
-    exit_code: int | None = None
-    finished_at: float = float("inf")
-    oom_killed: bool = False
 
 
 class ContainerBackend(Backend):
@@ -108,18 +120,27 @@ class ContainerBackend(Backend):
     def create(self, spec: JobSpec) -> None:
         """Create and start the job's network and containers; nothing is left if this raises."""
         engine = self.engine
-        image = self.settings.image or spec.image
-        image_env = ensure_image(engine, image, self.settings)
+        # A CustomTrainerContainer's image is the user's choice; the block's image replaces
+        # only the runtime's.
+        image = spec.image if spec.custom_image else self.settings.image or spec.image
+        info = ensure_image(engine, image, self.settings)
         nproc, device = resolve_nproc_per_node(spec.num_proc_per_node, spec.resources_per_node, 0)
-        record = JobRecord.for_spec(spec, image, nproc, device)
+        record = JobRecord.for_spec(spec, image, nproc, device, info.digest)
         job_dir = self.jobs_dir / spec.name
-        nodes = build_node_specs(spec, record, self.settings, engine.name, job_dir, image_env)
+        nodes = build_node_specs(
+            spec, record, self.settings, engine.name, job_dir, info.env, info.command
+        )
         try:
             nodes_dir(job_dir).mkdir(parents=True)
         except FileExistsError as exc:
             raise NameConflictError(f"a job folder {job_dir} already exists") from exc
         try:
-            write_function(nodes_dir(job_dir), spec)
+            if not spec.custom_image:
+                write_function(nodes_dir(job_dir), spec)
+            # Out of the containers' reach: the environment may carry pip's credentials.
+            write_json_atomic(job_dir / NODES_FILE, [asdict(node) for node in nodes])
+            forget_deleted_events(self.jobs_dir, spec.name)
+            job_event(nodes_dir(job_dir), spec.name, "Created", created_message(spec))
             with engine_errors(f"creating network {network_name(spec.name)}"):
                 engine.client.networks.create(
                     network_name(spec.name),
@@ -128,13 +149,18 @@ class ContainerBackend(Backend):
                     labels=job_labels(record, job_dir),
                 )
             # Each node in its own thread: the engine's round trips overlap.
-            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                for future in [pool.submit(run_node, engine, node) for node in nodes]:
-                    future.result()
-            (job_dir / CREATED_FILE).touch()
+            self._start_nodes(nodes, job_dir, attempt=0)
         except BaseException:
             self._remove_after_failure(spec.name, job_dir)
             raise
+
+    def _start_nodes(self, nodes: list[NodeSpec], job_dir: Path, attempt: int) -> None:
+        """Create and start the attempt's containers, each in its own thread (the engine's
+        round trips overlap); then mark the attempt complete."""
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            for future in [pool.submit(run_node, self.engine, node) for node in nodes]:
+                future.result()
+        (job_dir / CREATED_FILE).write_text(str(attempt))
 
     def _remove_after_failure(self, name: str, job_dir: Path) -> None:
         """Clean up a job that could not be created, without hiding why it could not."""
@@ -148,47 +174,21 @@ class ContainerBackend(Backend):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _nodes(self, name: str | None = None) -> list[_Node]:
-        """The node containers of job `name` (of every job without), from one list call;
-        only exited ones are inspected (for their exit code). Light on purpose: a full
-        inspect of every container, polled while nodes start, slows the engine's starts."""
-        labels = [BACKEND_LABEL] + ([f"{JOB_LABEL}={name}"] if name else [])
-        api = self.engine.client.api
-        with engine_errors("listing containers"):
-            rows = api.containers(all=True, filters={"label": labels})
-        nodes = []
-        for row in rows:
-            node = _Node(row["Id"], dict(row.get("Labels") or {}), str(row.get("State") or ""))
-            if node.state not in RUNNING_STATES and node.state not in PENDING_STATES:
-                with engine_errors(f"inspecting container {row['Id'][:12]}"):
-                    try:
-                        details = api.inspect_container(row["Id"])["State"]
-                    except DockerException as exc:
-                        if is_not_found(exc):
-                            continue  # removed while we listed
-                        raise
-                node = _Node(
-                    node.id,
-                    node.labels,
-                    node.state,
-                    int(details["ExitCode"]),
-                    _epoch(str(details["FinishedAt"])),
-                    bool(details.get("OOMKilled")),
-                )
-            nodes.append(node)
-        return nodes
-
     def describe(self, name: str) -> TrainJob | None:
         """The job as its containers show it now."""
-        nodes = self._nodes(name)
-        return self._to_trainjob(nodes) if nodes and not _deleting(nodes) else None
+        nodes = list_nodes(self.engine, name)
+        return self._to_trainjob(nodes) if nodes and not deleting(nodes) else None
 
     def list_jobs(self) -> list[TrainJob]:
         """Every job on the engine, oldest first; one whose record this version cannot read
         is skipped with a warning."""
         jobs = []
-        for name, nodes in _by_job(self._nodes()).items():
-            if _deleting(nodes):
+        for name, nodes in by_job(
+            list_nodes(
+                self.engine,
+            )
+        ).items():
+            if deleting(nodes):
                 continue
             try:
                 jobs.append(self._to_trainjob(nodes))
@@ -198,12 +198,14 @@ class ContainerBackend(Backend):
                 )
         return sorted(jobs, key=lambda job: job.creation_timestamp)
 
-    def _to_trainjob(self, containers: list[_Node]) -> TrainJob:
+    def _to_trainjob(self, containers: list[Node]) -> TrainJob:
         record = JobRecord.from_json(containers[0].labels[RECORD_LABEL])
         job_dir = Path(containers[0].labels[JOB_DIR_LABEL])
-        by_index = {int(node.labels[NODE_LABEL]): node for node in containers}
-        # Nodes are created in parallel; until the job is complete, a missing one is coming.
-        complete = (job_dir / CREATED_FILE).exists()
+        restarts = read_restarts(nodes_dir(job_dir))
+        current = [n for n in containers if attempt_of(n) == len(restarts)]
+        by_index = {int(node.labels[NODE_LABEL]): node for node in current}
+        # Nodes are created in parallel; until the attempt is complete, a missing one is coming.
+        complete = created_attempt(job_dir) == len(restarts)
         states = []
         for index in range(record.num_nodes):
             node = by_index.get(index)
@@ -224,9 +226,10 @@ class ContainerBackend(Backend):
                 return f"{constants.NODE}-{index}: its container is gone"
             return self._failure(node, job_dir, index, record.nproc_per_node)
 
-        return to_trainjob(record, states, failure)
+        cancelled = read_cancelled(nodes_dir(job_dir))
+        return to_trainjob(record, states, failure, restarts, cancelled)
 
-    def _failure(self, node: _Node, job_dir: Path, index: int, nproc: int) -> str:
+    def _failure(self, node: Node, job_dir: Path, index: int, nproc: int) -> str:
         """Why a node failed: the keeper's record, the out-of-memory kill, or the engine's log
         when the keeper never ran (an image without a usable python3)."""
         assert node.exit_code is not None
@@ -255,8 +258,8 @@ class ContainerBackend(Backend):
 
     def _nodes_dir(self, name: str) -> Path:
         """The host folder the job's nodes write to (its logs, exits and result)."""
-        nodes = self._nodes(name)
-        if not nodes or _deleting(nodes):
+        nodes = list_nodes(self.engine, name)
+        if not nodes or deleting(nodes):
             raise self.not_found(name)
         return nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL]))
 
@@ -281,15 +284,58 @@ class ContainerBackend(Backend):
 
         return ended
 
-    # -- stopping and deleting ---------------------------------------------------------------
+    def events(self, name: str) -> list[Event]:
+        """The job's event log, kept in its folder (and for an hour after it is deleted)."""
+        nodes = list_nodes(self.engine, name)
+        node_dir = None
+        if nodes and not deleting(nodes):
+            node_dir = nodes_dir(Path(nodes[0].labels[JOB_DIR_LABEL]))
+        events = events_of(self.jobs_dir, node_dir, name)
+        if events is None:
+            raise self.not_found(name)
+        return events
+
+    def record_event(self, name: str, reason: str, message: str) -> None:
+        """Add an event to the job's log in its folder."""
+        try:
+            job_event(self._nodes_dir(name), name, reason, message)
+        except (OSError, BackendError) as exc:
+            logger.warning("could not record event %s of %s: %s", reason, name, exc)
+
+    # -- restarting, stopping and deleting -----------------------------------------------------
+
+    def restart(self, name: str) -> None:
+        """Rename the ended attempt's containers out of the way (they stay, for the engine's
+        view of them, until the job is deleted), archive its files, then start the next
+        attempt's containers from the job's node specs."""
+        containers = list_nodes(self.engine, name)
+        if any(node.exit_code is None for node in containers):
+            raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
+        job = self.get(name)
+        job_dir = Path(containers[0].labels[JOB_DIR_LABEL])
+        for node in containers:
+            if attempt_of(node) == job.attempt:
+                old = f"{node_name(name, int(node.labels[NODE_LABEL]))}-attempt-{job.attempt}"
+                with engine_errors(f"renaming {node.id[:12]}"):
+                    self.engine.client.api.rename(node.id, old)
+        reason = attempt_failure(job)
+        attempt = archive_attempt(nodes_dir(job_dir), job.num_nodes, reason)
+        job_event(nodes_dir(job_dir), name, "Restarted", restarted_message(attempt, reason))
+        nodes = [NodeSpec(**data) for data in json.loads((job_dir / NODES_FILE).read_text())]
+        self._start_nodes([restarted(node, attempt) for node in nodes], job_dir, attempt)
+
+    def cancel(self, name: str, message: str) -> None:
+        """Mark the job cancelled (no restart follows), then stop it."""
+        mark_cancelled(self._nodes_dir(name), message)
+        super().cancel(name, message)
 
     def stop(self, name: str) -> None:
         """Stop every running container of the job now (SIGTERM, then SIGKILL after grace)."""
-        running = [n for n in self._nodes(name) if n.exit_code is None]
+        running = [n for n in list_nodes(self.engine, name) if n.exit_code is None]
         with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
             list(pool.map(self._stop_node, running))
 
-    def _stop_node(self, node: _Node) -> None:
+    def _stop_node(self, node: Node) -> None:
         with engine_errors(f"stopping {node.id[:12]}"):
             try:
                 self.engine.client.api.stop(node.id, timeout=int(self.settings.grace_period))
@@ -299,12 +345,14 @@ class ContainerBackend(Backend):
 
     def delete(self, name: str) -> bool:
         """Stop the containers; remove containers, network and folder."""
-        nodes = self._nodes(name)
+        nodes = list_nodes(self.engine, name)
         job_dir = Path(nodes[0].labels[JOB_DIR_LABEL]) if nodes else self.jobs_dir / name
         if job_dir.is_dir():
             (job_dir / DELETING_FILE).touch()
         if nodes:
             self.stop(name)
+        if nodes_dir(job_dir).is_dir():
+            keep_deleted_events(self.jobs_dir, nodes_dir(job_dir), name)
         return self._remove(name, job_dir)
 
     def _remove(self, name: str, job_dir: Path, only_this_folder: bool = False) -> bool:
@@ -335,25 +383,3 @@ class ContainerBackend(Backend):
                         raise
         remove_tree(job_dir, f"the folder of job {name}")
         return existed
-
-
-def _deleting(nodes: list[_Node]) -> bool:
-    """Whether the job of these nodes is being deleted."""
-    return (Path(nodes[0].labels[JOB_DIR_LABEL]) / DELETING_FILE).exists()
-
-
-def _by_job(nodes: list[_Node]) -> dict[str, list[_Node]]:
-    """Node containers grouped by their job."""
-    grouped: dict[str, list[_Node]] = {}
-    for node in nodes:
-        grouped.setdefault(node.labels[JOB_LABEL], []).append(node)
-    return grouped
-
-
-def _epoch(timestamp: str) -> float:
-    """An engine's RFC 3339 time (nanoseconds, UTC) as Unix seconds; far future if unparsable."""
-    match = _RFC3339.match(timestamp)
-    if match is None:
-        return float("inf")
-    whole = datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc).timestamp()
-    return whole + float(match[2] or 0)

@@ -129,9 +129,19 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def ensure_image(engine: Engine, image: str, settings: ContainerSettings) -> dict[str, str]:
-    """Make `image` present as `pull_policy` says, before anything is created; return the
-    image's environment."""
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the backend reads of an image: its environment, its command (``Entrypoint`` then
+    ``Cmd``: what a `CustomTrainerContainer` node runs) and its digest (the registry's where
+    the engine knows one, else the image's content-addressed id)."""
+
+    env: dict[str, str]
+    command: list[str]
+    digest: str | None
+
+
+def ensure_image(engine: Engine, image: str, settings: ContainerSettings) -> ImageInfo:
+    """Make `image` present as `pull_policy` says, before anything is created; what it is."""
     if not image:
         raise ImageUnavailableError(
             "no image: the runtime names none; set ContainerBackendConfig.image"
@@ -141,7 +151,7 @@ def ensure_image(engine: Engine, image: str, settings: ContainerSettings) -> dic
     with engine_errors(f"inspecting image {image}"), suppress(ImageNotFound):
         found = engine.client.images.get(image)
     if found is not None and policy != "Always":
-        return _image_env(found)
+        return _image_info(found)
     if policy == "Never":
         raise ImageUnavailableError(
             f"image {image!r} is not present in {engine.name} and pull_policy is Never; "
@@ -163,7 +173,7 @@ def ensure_image(engine: Engine, image: str, settings: ContainerSettings) -> dic
             f"registry's credentials, or build or load it into {engine.name} "
             "(e.g. scripts/build-test-image.sh) and set pull_policy IfNotPresent"
         ) from None  # the registry's error may echo the credentials
-    return _image_env(pulled if isinstance(pulled, Image) else pulled[0])
+    return _image_info(pulled if isinstance(pulled, Image) else pulled[0])
 
 
 def run_node(engine: Engine, node: NodeSpec) -> None:
@@ -187,7 +197,10 @@ def run_node(engine: Engine, node: NodeSpec) -> None:
     with engine_errors(f"creating container {node.name}"):
         created = api.create_container(
             node.image,
-            command=node.command,
+            # The keeper is the entrypoint: an image's own (a CustomTrainerContainer's
+            # ``torchrun``) would take the keeper's argv as its arguments.
+            entrypoint=node.command[:1],
+            command=node.command[1:],
             name=node.name,
             hostname=node.name,
             labels=node.labels,
@@ -212,7 +225,13 @@ def run_node(engine: Engine, node: NodeSpec) -> None:
         raise
 
 
-def _image_env(image: Image) -> dict[str, str]:
-    """The environment an image sets (``Config.Env``)."""
-    pairs = (image.attrs.get("Config") or {}).get("Env") or []
-    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+def _image_info(image: Image) -> ImageInfo:
+    """The environment, command and digest of `image`."""
+    config = image.attrs.get("Config") or {}
+    pairs = config.get("Env") or []
+    digests = image.attrs.get("RepoDigests") or []
+    return ImageInfo(
+        env=dict(pair.split("=", 1) for pair in pairs if "=" in pair),
+        command=[*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])],
+        digest=str(digests[0]).rpartition("@")[2] if digests else image.id,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -20,8 +20,10 @@ import prefect_kubeflow
 from prefect_kubeflow import constants
 from prefect_kubeflow._version import __version__
 from prefect_kubeflow.backends.base import JobRecord, JobSpec
+from prefect_kubeflow.backends.entrypoint import RESTART_COUNT_ENV
 from prefect_kubeflow.backends.jobfiles import node_exit_file, node_log
 from prefect_kubeflow.backends.torchrun import pip_install_command, torchrun_argv
+from prefect_kubeflow.errors import InvalidInputError
 from prefect_kubeflow.types import gpu_count, memory_bytes, quantity
 
 # Labels: Kubeflow's names where Kubeflow has one.
@@ -33,6 +35,7 @@ BACKEND_LABEL = constants.BACKEND_VERSION_LABEL
 NODE_LABEL = PREFIX + "node-index"
 RECORD_LABEL = constants.JOB_RECORD_KEY
 JOB_DIR_LABEL = PREFIX + "job-dir"  # the job's host folder, whichever jobs_dir made it
+ATTEMPT_LABEL = PREFIX + "attempt"  # which attempt of the gang a node container belongs to
 
 JOB_MOUNT = PurePosixPath("/pk-job")
 NODES_DIR = "nodes"
@@ -98,8 +101,10 @@ def nodes_dir(job_dir: Path) -> Path:
 
 
 def job_labels(record: JobRecord, job_dir: Path) -> dict[str, str]:
-    """The labels of the job's network and of every node: the job's record lives in them."""
+    """The labels of the job's network and of every node: the user's (a `Labels` option), and
+    ours, which hold the job's record."""
     return {
+        **record.labels,
         JOB_LABEL: record.name,
         RUNTIME_LABEL: record.runtime_name,
         BACKEND_LABEL: __version__,
@@ -128,18 +133,48 @@ def node_env(
     return env
 
 
-def node_command(spec: JobSpec, settings: ContainerSettings, index: int, nproc: int) -> list[str]:
+def rendezvous_env(spec: JobSpec, index: int, nproc: int) -> dict[str, str]:
+    """What a `CustomTrainerContainer`'s own ``torchrun`` reads to find its peers, as the
+    Trainer's torch plugin sets it on a cluster."""
+    return {
+        "PET_NNODES": str(spec.num_nodes),
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_NODE_RANK": str(index),
+        "PET_MASTER_ADDR": node_name(spec.name, 0),
+        "PET_MASTER_PORT": str(MASTER_PORT),
+    }
+
+
+def node_command(
+    spec: JobSpec,
+    settings: ContainerSettings,
+    index: int,
+    nproc: int,
+    image_command: list[str],
+) -> list[str]:
     """The keeper (the container's PID 1: it handles SIGTERM itself, so no init binary is
-    needed) running pip if there are packages, then torchrun with node rank `index`."""
-    pip_argv, _ = _pip_install(spec)
-    entrypoint = PACKAGE_MOUNT / "prefect_kubeflow" / "backends" / "entrypoint.py"
-    return [
+    needed) running pip if there are packages, then torchrun with node rank `index`; for a
+    `CustomTrainerContainer`, the image's own command."""
+    keeper = [
         PYTHON,
         "-m",
         "prefect_kubeflow.backends.node",
         str(JOB_MOUNT / node_log(Path(), index)),
         str(JOB_MOUNT / node_exit_file(Path(), index)),
         spec.name,
+    ]
+    if spec.custom_image:
+        if not image_command:
+            raise InvalidInputError(
+                f"image {spec.image!r} has no command (Entrypoint or Cmd) for a "
+                "CustomTrainerContainer to run; give it one, such as "
+                'CMD ["torchrun", "/app/train.py"]'
+            )
+        return [*keeper, "--", *image_command]
+    pip_argv, _ = _pip_install(spec)
+    entrypoint = PACKAGE_MOUNT / "prefect_kubeflow" / "backends" / "entrypoint.py"
+    return [
+        *keeper,
         *([json.dumps(pip_argv)] if pip_argv else []),
         "--",
         *torchrun_argv(
@@ -163,8 +198,10 @@ def build_node_specs(
     engine: str,
     job_dir: Path,
     image_env: Mapping[str, str],
+    image_command: list[str],
 ) -> list[NodeSpec]:
-    """One container per node of the job, on `engine` ("docker" or "podman")."""
+    """One container per node of the job, on `engine` ("docker" or "podman"): the first
+    attempt's (`restarted` makes a later one's)."""
     labels = job_labels(record, job_dir)
     env = node_env(spec, settings, image_env)
     package = Path(prefect_kubeflow.__file__).parent
@@ -183,16 +220,22 @@ def build_node_specs(
         name = node_name(spec.name, index)
         # Node i asking for g GPUs gets GPUs i*g to i*g+g-1: nodes never share one.
         ids = [str(i) for i in range(index * gpus, (index + 1) * gpus)]
+        nproc = record.nproc_per_node
         specs.append(
             NodeSpec(
                 name=name,
                 image=record.image,
-                command=node_command(spec, settings, index, record.nproc_per_node),
-                env=env,
+                command=node_command(spec, settings, index, nproc, image_command),
+                env={
+                    **env,
+                    **(rendezvous_env(spec, index, nproc) if spec.custom_image else {}),
+                    RESTART_COUNT_ENV: "0",
+                },
                 labels={
                     **labels,
                     STEP_LABEL: f"{constants.NODE}-{index}",
                     NODE_LABEL: str(index),
+                    ATTEMPT_LABEL: "0",
                 },
                 binds=binds,
                 network=network_name(spec.name),
@@ -209,6 +252,15 @@ def build_node_specs(
             )
         )
     return specs
+
+
+def restarted(node: NodeSpec, attempt: int) -> NodeSpec:
+    """`node` as attempt `attempt` of its gang runs it."""
+    return replace(
+        node,
+        env={**node.env, RESTART_COUNT_ENV: str(attempt)},
+        labels={**node.labels, ATTEMPT_LABEL: str(attempt)},
+    )
 
 
 def _nano_cpus(resources: Mapping[str, Any]) -> int | None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect_kubeflow import constants
+from prefect_kubeflow import constants, options
 from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, to_trainjob
 from prefect_kubeflow.backends.kubernetes import trainjob as tj
 from prefect_kubeflow.backends.kubernetes.api import Cluster, connect
@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 class KubernetesBackend(Backend):
     """Runs each job as a TrainJob; the cluster's objects are the job records."""
+
+    supported_options = options.COMMON | options.KUBERNETES_ONLY
+    # The JobSet's failure policy would restart the gang; our TrainJobs do not set it yet.
+    gang_restarts = False
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
@@ -223,6 +227,10 @@ class KubernetesBackend(Backend):
             for item in self.cluster.list_events(f"involvedObject.name={object_name}"):
                 events.append(_event(item))
         return sorted(events, key=lambda event: event.event_time)
+
+    def restart(self, name: str) -> None:
+        """Not here: max_restarts is refused for this backend before a job is created."""
+        raise BackendError(f"the Kubernetes backend does not restart TrainJob {name!r}")
 
     def runtimes(self) -> list[RuntimeSpec]:
         """The cluster's ClusterTrainingRuntimes (one that cannot be read is skipped)."""

@@ -119,15 +119,20 @@ def node_env(spec: JobSpec) -> list[dict[str, str]]:
 def build_trainjob(
     spec: JobSpec, record: JobRecord, rendezvous_timeout: int | None = None
 ) -> dict[str, Any]:
-    """The TrainJob running `spec`: its runtime by reference, the nodes' command, env and
-    resources, our labels on it and (through a runtime patch) on its pods, the record in an
-    annotation."""
+    """The TrainJob running `spec`: its runtime by reference, the nodes' command (or a
+    `CustomTrainerContainer`'s image, command and args), env and resources, the user's and our
+    labels on it and (through a runtime patch) ours on its pods, the record in an annotation,
+    and the user's runtime patches."""
     labels = {**backend_labels(), constants.TRAINJOB_NAME_LABEL: spec.name}
-    trainer: dict[str, Any] = {
-        "numNodes": spec.num_nodes,
-        "numProcPerNode": record.nproc_per_node,
-        "command": node_command(spec, rendezvous_timeout),
-    }
+    trainer: dict[str, Any] = {"numNodes": spec.num_nodes, "numProcPerNode": record.nproc_per_node}
+    if spec.custom_image:  # the image's own command, unless the options override it
+        trainer["image"] = spec.image
+        if spec.trainer_command is not None:
+            trainer["command"] = list(spec.trainer_command)
+        if spec.trainer_args is not None:
+            trainer["args"] = list(spec.trainer_args)
+    else:
+        trainer["command"] = node_command(spec, rendezvous_timeout)
     if env := node_env(spec):
         trainer["env"] = env
     if resources := node_resources(spec.resources_per_node):
@@ -142,8 +147,8 @@ def build_trainjob(
         "kind": KIND,
         "metadata": {
             "name": spec.name,
-            "labels": labels,
-            "annotations": {constants.JOB_RECORD_KEY: record.to_json()},
+            "labels": {**spec.labels, **labels},
+            "annotations": {**spec.annotations, constants.JOB_RECORD_KEY: record.to_json()},
         },
         "spec": {
             "runtimeRef": {
@@ -156,7 +161,8 @@ def build_trainjob(
                 {
                     "manager": PATCH_MANAGER,
                     "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_patch]}}},
-                }
+                },
+                *spec.runtime_patches,
             ],
         },
     }

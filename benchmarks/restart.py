@@ -1,0 +1,111 @@
+"""Gang restart latency vs a fresh submit, on the local backend (or Docker/Podman).
+
+Fresh: ``client.train()`` of a 2-node job -> its first line (the function prints the time it
+starts). Restart: the same job's node 1 fails on attempt 0 (printing the time it fails);
+from that failure to the first line of attempt 1. Both times are read from the nodes' own
+clock. Issue 13 target: restart <= 1.2x fresh.
+
+    python -u benchmarks/restart.py [repeats] [--backend local|docker|podman]
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import isolated_home
+
+IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
+
+
+def fails_once() -> None:
+    """Attempt 0: node 1 fails; attempt 1 completes. Each prints when it starts."""
+    import os
+    import time
+
+    attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+    rank = int(os.environ["RANK"])
+    print(f"started at {time.time():.6f} attempt {attempt} rank {rank}", flush=True)
+    if attempt == 0:
+        if rank == 1:
+            print(f"failing at {time.time():.6f}", flush=True)
+            raise SystemExit(3)
+        time.sleep(300)
+
+
+def stamp(lines: list[str], pattern: str) -> float | None:
+    for line in lines:
+        found = re.search(pattern, line)
+        if found:
+            return float(found.group(1))
+    return None
+
+
+def main(repeats: int, backend: str) -> None:
+    with isolated_home():
+        import os
+
+        from prefect_kubeflow.flows import server
+
+        os.environ["PREFECT_API_URL"] = server.ensure_server()
+        from prefect_kubeflow import (
+            ContainerBackendConfig,
+            CustomTrainer,
+            LocalProcessBackendConfig,
+            TrainerClient,
+        )
+
+        config = (
+            LocalProcessBackendConfig()
+            if backend == "local"
+            else ContainerBackendConfig(container_runtime=backend, image=IMAGE, pull_policy="Never")
+        )
+        client = TrainerClient(backend_config=config)
+        fresh, restart = [], []
+        for round_ in range(repeats + 1):  # round 0 warms up (venvs, imports, page cache)
+            trainer = CustomTrainer(func=fails_once, num_nodes=2, max_restarts=1)
+            submitted = time.time()
+            name = client.train(trainer=trainer)
+            job = client.wait_for_job_status(name, timeout=600, polling_interval=0.2)
+            assert job.status == "Complete" and job.attempt == 1, job.message
+            first = stamp(list(client.get_job_logs(name)), r"\] started at (\S+) attempt 1 rank 0")
+            # The first attempt's files were archived at the restart: read them there.
+            first_attempt = _first_attempt_lines(config, name)
+            started0 = stamp(first_attempt, r"started at (\S+) attempt 0 rank 0")
+            failed = stamp(first_attempt, r"failing at (\S+)")
+            assert first is not None and started0 is not None and failed is not None
+            client.delete_job(name)
+            if round_:
+                fresh.append(started0 - submitted)
+                restart.append(first - failed)
+                print(
+                    f"round {round_}: fresh submit -> first line {fresh[-1]:.2f} s; "
+                    f"failure -> next attempt's first line {restart[-1]:.2f} s"
+                )
+        ratio = statistics.median(restart) / statistics.median(fresh)
+        print(
+            f"{backend}: fresh submit -> first line median {statistics.median(fresh):.2f} s; "
+            f"restart median {statistics.median(restart):.2f} s; ratio {ratio:.2f} "
+            f"(target <= 1.20)"
+        )
+
+
+def _first_attempt_lines(config, name: str) -> list[str]:
+    """The first attempt's node logs, archived in the job's folder at the restart."""
+    root = config.get_backend().settings.jobs_dir.expanduser() / name
+    archive = (root if (root / "attempt-0").exists() else root / "nodes") / "attempt-0"
+    logs = sorted(archive.glob("node-*.log"))
+    return [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    chosen = "local"
+    if "--backend" in args:
+        chosen = args[args.index("--backend") + 1]
+        del args[args.index("--backend") : args.index("--backend") + 2]
+    main(int(args[0]) if args else 3, chosen)
