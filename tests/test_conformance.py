@@ -38,6 +38,7 @@ from prefect_kubeflow import (
     TrainJobTaskRunner,
 )
 from prefect_kubeflow.backends import processes
+from prefect_kubeflow.backends.base import restart_pending
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
     InvalidInputError,
@@ -49,6 +50,7 @@ from prefect_kubeflow.errors import (
     UnsupportedOptionError,
 )
 from prefect_kubeflow.flows import runs, supervisor
+from prefect_kubeflow.flows.gang import restart_gang
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.options import Annotations, Labels, Name, TrainerCommand
 
@@ -524,3 +526,33 @@ def test_job_options_name_label_and_annotate_jobs(client, harness):
             client.train(
                 trainer=CustomTrainerContainer(image="img"), options=[TrainerCommand(["x"])]
             )
+
+
+@pytest.mark.parametrize("how", ["delete", "cancel"])
+def test_delete_and_cancel_stop_a_job_between_attempts(client, harness, how):
+    if harness.id == "kubernetes":
+        pytest.skip("Kubernetes refuses max_restarts (tested above)")
+    # Created with no flow watching it: its failed attempt waits for a restart nobody makes.
+    spec = client.build_spec(CustomTrainer(func=fail_on_rank, num_nodes=2, max_restarts=3))
+    client.backend.create(spec)
+    name = spec.name
+    job = wait_for(
+        lambda: (j := client.get_job(name)) and restart_pending(j) and j,
+        300,
+        "the first attempt to fail",
+    )
+    assert job.status == constants.TRAINJOB_RUNNING and "attempt 2 of 4 comes next" in job.message
+    if how == "delete":
+        client.backend.delete(name)
+        assert harness.leftovers(name) == []
+        assert restart_gang(client.backend, name) is None  # nothing to restart
+        assert [e.reason for e in client.get_job_events(name)][-1] == "Deleted"
+        return
+    client.backend.cancel(name, "asked to stop")
+    job = client.get_job(name)
+    assert job.status == constants.TRAINJOB_FAILED and job.attempt == 0
+    assert job.message.startswith("cancelled (asked to stop); node-1 exited with 1")
+    assert restart_gang(client.backend, name) == job  # no restart follows a cancel
+    assert "Cancelled" in [e.reason for e in client.get_job_events(name)]
+    client.backend.delete(name)  # no flow run to end: removed here
+    assert harness.leftovers(name) == []

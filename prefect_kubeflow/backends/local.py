@@ -291,8 +291,16 @@ class LocalProcessBackend(Backend):
         new host runs), then start a new host for the next attempt."""
         job_dir = self._existing_dir(name)
         host = read_host(job_dir)
-        if host is not None and processes.is_alive(host["pid"], host["start"]):
-            raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
+        # The host outlives its nodes' exit files by a moment (reaping, its last sweep of the
+        # job's processes, which would take the next attempt's for its own): wait it out.
+        deadline = time.monotonic() + self.settings.grace_period + 5
+        while host is not None and processes.is_alive(host["pid"], host["start"]):
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"TrainJob {name!r} still runs (its host, pid {host['pid']}): only a "
+                    "stopped gang restarts"
+                )
+            time.sleep(0.05)
         job = self.get(name)
         reason = attempt_failure(job)
         attempt = archive_attempt(

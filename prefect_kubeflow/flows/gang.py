@@ -75,7 +75,11 @@ def restart_gang(backend: Backend, name: str) -> TrainJob | None:
     job = backend.describe(name)
     if job is not None and restart_pending(job):
         logger.info("TrainJob %s: attempt %s failed; restarting the gang", name, job.attempt + 1)
-        backend.restart(name)
+        try:
+            backend.restart(name)
+        except BackendError as exc:  # the job must not wait for a restart that never comes
+            logger.warning("TrainJob %s could not restart: %s", name, exc)
+            backend.cancel(name, f"the gang could not restart: {exc}")
         job = backend.describe(name)
     return job
 

@@ -308,9 +308,14 @@ class ContainerBackend(Backend):
         """Rename the ended attempt's containers out of the way (they stay, for the engine's
         view of them, until the job is deleted), archive its files, then start the next
         attempt's containers from the job's node specs."""
+        # A keeper writes its exit file a moment before its container stops: wait that out.
+        deadline = time.monotonic() + self.settings.grace_period + 5
         containers = list_nodes(self.engine, name)
-        if any(node.exit_code is None for node in containers):
-            raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
+        while any(node.exit_code is None for node in containers):
+            if time.monotonic() > deadline:
+                raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
+            time.sleep(0.1)
+            containers = list_nodes(self.engine, name)
         job = self.get(name)
         job_dir = Path(containers[0].labels[JOB_DIR_LABEL])
         for node in containers:
