@@ -10,7 +10,7 @@ from typing import Any
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends.base import Backend, JobSpec
 from prefect_kubeflow.errors import InvalidInputError, InvalidRuntimeError, UnsupportedOptionError
-from prefect_kubeflow.options import resolve_options
+from prefect_kubeflow.options import JobOptions, resolve_options
 from prefect_kubeflow.runtimes import RuntimeCatalog, RuntimeSpec
 from prefect_kubeflow.types import (
     CustomTrainer,
@@ -82,30 +82,8 @@ def build_spec(
         RuntimeNotFoundError: `runtime` names no known runtime.
         InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend.
     """
-    kind = type(backend).__name__
-    if not isinstance(trainer, (CustomTrainer, CustomTrainerContainer)):
-        raise InvalidInputError(
-            f"trainer must be a CustomTrainer or CustomTrainerContainer, got {trainer!r}"
-        )
-    trainer.validate()  # again: the dataclass may have been changed since it was built
-    job_options = resolve_options(options, backend.supported_options, kind)
-    if isinstance(trainer, CustomTrainerContainer) and not backend.runs_images:
-        raise UnsupportedOptionError(
-            f"the {kind} runs no images, so it cannot run CustomTrainerContainer "
-            f"{trainer.image!r}; use a ContainerBackendConfig (Docker, Podman) or a "
-            "KubernetesBackendConfig"
-        )
-    if trainer.max_restarts and not backend.gang_restarts:
-        raise UnsupportedOptionError(
-            f"max_restarts={trainer.max_restarts} is not supported by the {kind} yet; "
-            "the local and container backends restart gangs"
-        )
-    for_image = isinstance(trainer, CustomTrainerContainer)
-    if (job_options.trainer_command or job_options.trainer_args) and not for_image:
-        raise InvalidInputError(
-            "TrainerCommand and TrainerArgs need a CustomTrainerContainer: a CustomTrainer's "
-            "command runs its function"
-        )
+    job_options = check_trainer(backend, trainer, options)
+    assert trainer is not None  # checked: for the type checker
     runtime_spec = resolve_runtime(catalog, runtime)
     # The runtime's numNodes, numProcPerNode, resources and env are defaults; the
     # trainer's num_nodes, resources_per_node (cpu/gpu decide the processes per node, as
@@ -120,9 +98,7 @@ def build_spec(
         name=job_options.name or _job_name(),
         runtime_name=runtime.name,
         framework=runtime.trainer.framework,
-        image=trainer.image
-        if isinstance(trainer, CustomTrainerContainer)
-        else runtime.trainer.image,
+        image=_image(trainer, runtime),
         runtime_origin=runtime.origin,
         runtime_num_nodes=runtime.trainer.num_nodes,
         num_nodes=trainer.num_nodes or runtime.trainer.num_nodes,
@@ -133,11 +109,45 @@ def build_spec(
         max_restarts=trainer.max_restarts,
         labels=job_options.labels,
         annotations=job_options.annotations,
-        custom_image=for_image,
+        custom_image=isinstance(trainer, CustomTrainerContainer),
         runtime_patches=job_options.runtime_patches,
         trainer_command=job_options.trainer_command,
         trainer_args=job_options.trainer_args,
     )
+
+
+def check_trainer(backend: Backend, trainer: Any, options: list[Any] | None) -> JobOptions:
+    """Check `trainer` and `options` against what `backend` can do; the options, folded.
+
+    Raises:
+        InvalidInputError: `trainer` or an option is invalid.
+        UnsupportedOptionError: the backend cannot honour an option or the trainer.
+    """
+    kind = type(backend).__name__
+    if not isinstance(trainer, (CustomTrainer, CustomTrainerContainer)):
+        raise InvalidInputError(
+            f"trainer must be a CustomTrainer or CustomTrainerContainer, got {trainer!r}"
+        )
+    trainer.validate()  # again: the dataclass may have been changed since it was built
+    job_options = resolve_options(options, backend.supported_options, kind)
+    for_image = isinstance(trainer, CustomTrainerContainer)
+    if isinstance(trainer, CustomTrainerContainer) and not backend.runs_images:
+        raise UnsupportedOptionError(
+            f"the {kind} runs no images, so it cannot run CustomTrainerContainer "
+            f"{trainer.image!r}; use a ContainerBackendConfig (Docker, Podman) or a "
+            "KubernetesBackendConfig"
+        )
+    if trainer.max_restarts and not backend.gang_restarts:
+        raise UnsupportedOptionError(
+            f"max_restarts={trainer.max_restarts} is not supported by the {kind}: "
+            f"{backend.restarts_hint}"
+        )
+    if (job_options.trainer_command or job_options.trainer_args) and not for_image:
+        raise InvalidInputError(
+            "TrainerCommand and TrainerArgs need a CustomTrainerContainer: a CustomTrainer's "
+            "command runs its function"
+        )
+    return job_options
 
 
 def _function_fields(trainer: CustomTrainer | CustomTrainerContainer) -> dict[str, Any]:

@@ -21,6 +21,7 @@ _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # Keys of these prefixes are the backends' own: a user's would overwrite a job's record.
 RESERVED_PREFIXES = (constants.LABEL_PREFIX, constants.GROUP + "/")
+RESERVED_MANAGER = constants.LABEL_PREFIX + "backend"  # the backend's own runtime patch
 # A node's container name adds "-node-<i>" and its network "-net": room for 999 nodes.
 MAX_NAME_LENGTH = 53
 
@@ -133,7 +134,13 @@ def resolve_options(
         if kind in ("Labels", "Annotations"):
             values[kind] = {**values.get(kind, {}), **_check_metadata(kind, value)}
         elif kind == "RuntimePatch":
-            values.setdefault(kind, []).append(_runtime_patch(option))
+            patch = _runtime_patch(option)
+            if patch["manager"] in {p["manager"] for p in values.get(kind, [])}:
+                raise InvalidInputError(
+                    f"two RuntimePatch options share the manager {patch['manager']!r}; a "
+                    "TrainJob keeps one patch per manager: merge them, or name another manager"
+                )
+            values.setdefault(kind, []).append(patch)
         else:
             values[kind] = value
     return JobOptions(
@@ -192,6 +199,11 @@ def _metadata_key(key: str) -> bool:
 
 def _runtime_patch(option: Any) -> dict[str, Any]:
     spec = option.training_runtime_spec
+    if option.manager == RESERVED_MANAGER:
+        raise InvalidInputError(
+            f"RuntimePatch manager {RESERVED_MANAGER!r} is the Kubernetes backend's own; name "
+            "your tool as the manager"
+        )
     if not isinstance(spec, dict):  # the Kubeflow SDK's dataclasses
         raise InvalidInputError(
             f"RuntimePatch.training_runtime_spec must be a dict (the Trainer API's "

@@ -282,7 +282,8 @@ class CustomTrainerContainer:
         num_nodes: Number of training nodes; defaults to the runtime's.
         resources_per_node: Per-node resources: ``cpu``, ``memory``, ``gpu``/``nvidia.com/gpu``.
         env: Environment variables merged onto each node's environment.
-        max_restarts: Gang restarts, as for `CustomTrainer`.
+        max_restarts: Gang restarts, as for `CustomTrainer`; the image's command reads its
+            attempt from ``PREFECT_KUBEFLOW_RESTART_COUNT`` (its own torchrun counts from 0).
     """
 
     image: str

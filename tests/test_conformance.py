@@ -528,8 +528,8 @@ def test_job_options_name_label_and_annotate_jobs(client, harness):
             )
 
 
-@pytest.mark.parametrize("how", ["delete", "cancel"])
-def test_delete_and_cancel_stop_a_job_between_attempts(client, harness, how):
+@pytest.mark.parametrize("how", ["delete", "cancel", "lost watcher"])
+def test_delete_cancel_or_a_lost_watcher_stop_a_job_between_attempts(client, harness, how):
     if harness.id == "kubernetes":
         pytest.skip("Kubernetes refuses max_restarts (tested above)")
     # Created with no flow watching it: its failed attempt waits for a restart nobody makes.
@@ -548,11 +548,30 @@ def test_delete_and_cancel_stop_a_job_between_attempts(client, harness, how):
         assert restart_gang(client.backend, name) is None  # nothing to restart
         assert [e.reason for e in client.get_job_events(name)][-1] == "Deleted"
         return
-    client.backend.cancel(name, "asked to stop")
+    if how == "cancel":
+        client.backend.cancel(name, "asked to stop")
+        why = "asked to stop"
+        assert "Cancelled" in [e.reason for e in client.get_job_events(name)]
+    else:  # its watcher (a flow's process) records itself, then dies before restarting it
+        config = harness.config().model_dump(mode="json", context={"include_secrets": True})
+        script = (
+            "import json, sys, os\n"
+            "from prefect_kubeflow.blocks import TrainingBackendConfig\n"
+            "config = TrainingBackendConfig.model_validate(json.loads(sys.argv[1]))\n"
+            "config.get_backend().record_watcher(sys.argv[2])\n"
+            "print(os.getpid())\n"
+        )
+        watcher = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(config), name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        why = f"the process watching it (pid {watcher.stdout.strip()}) ended before restarting it"
     job = client.get_job(name)
     assert job.status == constants.TRAINJOB_FAILED and job.attempt == 0
-    assert job.message.startswith("cancelled (asked to stop); node-1 exited with 1")
-    assert restart_gang(client.backend, name) == job  # no restart follows a cancel
-    assert "Cancelled" in [e.reason for e in client.get_job_events(name)]
+    assert job.message.startswith(f"not restarted: {why}; node-1 exited with 1"), job.message
+    assert restart_gang(client.backend, name) == job  # no restart follows
     client.backend.delete(name)  # no flow run to end: removed here
     assert harness.leftovers(name) == []

@@ -9,11 +9,16 @@ import socket
 import pytest
 import yaml
 from conftest import flow_run_of, read_task_run_logs, wait_for
-from harnesses import TEST_IMAGE, KubernetesHarness
+from harnesses import TEST_IMAGE, KubernetesHarness, engine_client
 from package_index import package_index
 from training_functions import import_package, many_lines, print_env
 
-from prefect_kubeflow import CustomTrainer, KubernetesBackendConfig, TrainerClient
+from prefect_kubeflow import (
+    CustomTrainer,
+    CustomTrainerContainer,
+    KubernetesBackendConfig,
+    TrainerClient,
+)
 from prefect_kubeflow.backends.kubernetes.trainjob import FLOW_RUN_KEY
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
@@ -25,6 +30,7 @@ from prefect_kubeflow.errors import (
     RuntimeNotFoundError,
     TrainerNotInstalledError,
 )
+from prefect_kubeflow.options import Annotations, Labels
 
 
 @pytest.fixture
@@ -222,3 +228,23 @@ def test_packages_are_installed_before_training_and_pip_failures_say_why(kclient
     )
     with pytest.raises(JobFailedError, match=r"No matching distribution found for tinypkg==9\.9"):
         kclient.wait_for_job_status(failing, timeout=300)
+
+
+def test_a_custom_trainer_container_runs_its_image_as_the_trainer(kclient):
+    from test_container import build_trainer_image
+
+    image = build_trainer_image(engine_client("docker"))
+    name = kclient.train(
+        trainer=CustomTrainerContainer(image=image, num_nodes=2),
+        options=[Labels({"team": "nlp"}), Annotations({"note": "any: text"})],
+    )
+    job = kclient.wait_for_job_status(name, timeout=300, polling_interval=0.2)
+    assert job.status == constants.TRAINJOB_COMPLETE, job.message
+    assert (job.labels, job.annotations) == ({"team": "nlp"}, {"note": "any: text"})
+    assert [j.name for j in kclient.list_jobs(labels={"team": "nlp"})] == [name]
+    # The operator's torch plugin set PET_*: the image's own torchrun found its peer.
+    lines = sorted(line for line in kclient.get_job_logs(name) if "image rank=" in line)
+    assert [line.split(" attempt=")[0] for line in lines] == [
+        "[node-0] image rank=0 world=2 sum=3",
+        "[node-1] image rank=1 world=2 sum=3",
+    ]

@@ -74,6 +74,8 @@ def test_the_kubeflow_sdks_own_option_objects_are_read_by_name():
         ([Annotations({"trainer.kubeflow.org/x": "y"})], "is reserved"),
         ([TrainerCommand("torchrun x")], "TrainerCommand must be a list of str"),
         ([RuntimePatch(["x"])], "training_runtime_spec must be a dict"),
+        ([RuntimePatch({}), RuntimePatch({"a": 1})], "two RuntimePatch options share the manager"),
+        ([RuntimePatch({}, manager="prefect-kubeflow.io/backend")], "the Kubernetes backend's own"),
     ],
 )
 def test_bad_options_name_the_value_and_what_is_allowed(options, match):

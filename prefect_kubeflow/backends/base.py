@@ -202,12 +202,12 @@ def to_trainjob(
     nodes: Sequence[NodeState],
     failure: Callable[[int], str],
     restarts: Sequence[Restart] = (),
-    cancelled: str | None = None,
+    no_restart: str | None = None,
 ) -> TrainJob:
     """The `TrainJob` every backend returns: steps from `nodes`, the rolled-up status, and for a
     Failed job the message `failure(index)` of the node that failed first. A failed attempt
     with restarts left (`record.max_restarts` > the `restarts` so far) reads Running: the job
-    is restarting, and says why; unless it was `cancelled` (why), which no restart follows."""
+    is restarting, and says why; unless `no_restart` says why none will come (a cancel)."""
     steps = [
         Step(
             name=f"{constants.NODE}-{index}",
@@ -223,8 +223,8 @@ def to_trainjob(
     if status == constants.TRAINJOB_FAILED:
         failed = [i for i, node in enumerate(nodes) if node.phase == constants.STEP_FAILED]
         message = failure(min(failed, key=lambda i: nodes[i].ended_at))
-        if cancelled is not None:
-            message = f"cancelled ({cancelled}); {message}"
+        if len(restarts) < record.max_restarts and no_restart is not None:
+            message = f"not restarted: {no_restart}; {message}"
         elif len(restarts) < record.max_restarts:
             status = constants.TRAINJOB_RUNNING
             message += RESTARTING.format(next=len(restarts) + 2, total=record.max_restarts + 1)
@@ -258,8 +258,10 @@ class Backend(ABC):
     supported_options: frozenset[str] = options.COMMON
     #: Whether a `CustomTrainerContainer` (a user's image) runs here.
     runs_images: bool = True
-    #: Whether `max_restarts` > 0 is honoured (the watcher calls `restart`).
+    #: Whether `max_restarts` > 0 is honoured (the watcher calls `restart`), and if not, why
+    #: and what to do instead.
     gang_restarts: bool = True
+    restarts_hint: str = ""
 
     @abstractmethod
     def create(self, spec: JobSpec) -> None:
@@ -332,6 +334,12 @@ class Backend(ABC):
         """Stop every node of the job for good, recording why: no gang restart follows."""
         self.record_event(name, "Cancelled", message)
         self.stop(name)
+
+    def record_watcher(self, name: str) -> None:
+        """Record this process as the job's watcher, where the engine keeps the job: once it
+        is gone, a failed attempt reads Failed instead of waiting for a restart (engines that
+        restart gangs themselves keep none)."""
+        return None
 
     def record_event(self, name: str, reason: str, message: str) -> None:
         """Add an event about the job (a gang teardown, a cancellation) to its record; a

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 EVENTS_FILE = "events.jsonl"
+NODE_KIND = "Node"  # a node's events name it "node-<i>"; readers add the job's name
 
 
 def append_event(events_file: Path, kind: str, obj: str, reason: str, message: str) -> None:

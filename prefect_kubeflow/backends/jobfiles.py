@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from prefect_kubeflow import constants
+from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec, exit_header
 from prefect_kubeflow.backends.entrypoint import RESULT_FILE
-from prefect_kubeflow.backends.eventlog import EVENTS_FILE, append_event
+from prefect_kubeflow.backends.eventlog import EVENTS_FILE, NODE_KIND, append_event
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.files import write_json_atomic
 from prefect_kubeflow.types import Event, Restart
@@ -74,6 +77,8 @@ def node_failure(job_dir: Path, node_index: int, code: int, nproc_per_node: int)
 
 # -- events ------------------------------------------------------------------------------------
 
+logger = logging.getLogger(__name__)
+
 # A deleted job's events stay this long (as a cluster keeps events), under the jobs folder.
 DELETED_EVENTS_DIR = ".events"
 DELETED_EVENTS_TTL = 3600.0
@@ -101,7 +106,15 @@ def restarted_message(attempt: int, reason: str) -> str:
 
 def keep_deleted_events(jobs_dir: Path, node_dir: Path, name: str) -> None:
     """Before a job's folder is removed: move its event log under ``jobs_dir/.events``, ending
-    with ``Deleted``; drop deleted jobs' logs older than `DELETED_EVENTS_TTL`."""
+    with ``Deleted``; drop deleted jobs' logs older than `DELETED_EVENTS_TTL` (checked at each
+    delete). A failure is logged: events never stop a delete."""
+    try:
+        _keep_deleted_events(jobs_dir, node_dir, name)
+    except OSError as exc:
+        logger.warning("the events of deleted TrainJob %s are not kept: %s", name, exc)
+
+
+def _keep_deleted_events(jobs_dir: Path, node_dir: Path, name: str) -> None:
     kept = jobs_dir / DELETED_EVENTS_DIR
     kept.mkdir(parents=True, exist_ok=True)
     target = kept / f"{name}.jsonl"
@@ -142,11 +155,11 @@ def read_events(events_file: Path, job: str) -> list[Event]:
             data = json.loads(line)
         except ValueError:  # a line being written
             continue
-        obj = str(data["object"])
+        obj, kind = str(data["object"]), str(data["kind"])
         events.append(
             Event(
-                involved_object_kind=str(data["kind"]),
-                involved_object_name=f"{job}-{obj}" if obj.startswith(constants.NODE) else obj,
+                involved_object_kind=kind,
+                involved_object_name=f"{job}-{obj}" if kind == NODE_KIND else obj,
                 message=str(data["message"]),
                 reason=str(data["reason"]),
                 event_time=datetime.fromisoformat(data["time"]),
@@ -171,6 +184,30 @@ def read_cancelled(node_dir: Path) -> str | None:
         return None
 
 
+WATCHER_FILE = "watcher.json"
+
+
+def record_watcher(node_dir: Path) -> None:
+    """Record this process as the job's watcher: the one that restarts its gang."""
+    pid = os.getpid()
+    write_json_atomic(node_dir / WATCHER_FILE, {"pid": pid, "start": processes.start_time(pid)})
+
+
+def no_restart_reason(node_dir: Path) -> str | None:
+    """Why a failed attempt is not restarted although restarts remain: the job was cancelled,
+    or the process watching it is gone (nobody would restart it). None: it will be."""
+    cancelled = read_cancelled(node_dir)
+    if cancelled is not None:
+        return cancelled
+    try:
+        watcher = json.loads((node_dir / WATCHER_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # no watcher yet: its flow is starting
+    if processes.is_alive(int(watcher["pid"]), watcher.get("start")):
+        return None
+    return f"the process watching it (pid {watcher['pid']}) ended before restarting it"
+
+
 # -- attempts ----------------------------------------------------------------------------------
 
 ATTEMPTS_FILE = "attempts.json"
@@ -193,11 +230,12 @@ def archive_attempt(
 ) -> int:
     """Move the ended attempt's node logs, exit files, tracebacks and result (and the
     `extra` files) into ``attempt-<n>/`` and record why it ended; the next attempt's number.
-    The record is written last: until then the job reads as the attempt that ended."""
+    Creating ``attempt-<n>/`` claims the restart: of two callers, the second gets
+    `FileExistsError` and must leave the job alone."""
     restarts = read_restarts(node_dir)
     attempt = len(restarts)
     archive = node_dir / f"attempt-{attempt}"
-    archive.mkdir(exist_ok=True)
+    archive.mkdir()
     moved = [RESULT_FILE, "errors", *extra]
     for index in range(num_nodes):
         moved += [node_log(node_dir, index).name, node_exit_file(node_dir, index).name]

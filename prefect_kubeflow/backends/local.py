@@ -33,6 +33,7 @@ from prefect_kubeflow.backends.base import (
     JobSpec,
     NodeState,
     attempt_failure,
+    restart_pending,
     to_trainjob,
 )
 from prefect_kubeflow.backends.jobfiles import (
@@ -43,6 +44,7 @@ from prefect_kubeflow.backends.jobfiles import (
     job_event,
     keep_deleted_events,
     mark_cancelled,
+    no_restart_reason,
     node_exit_file,
     node_failure,
     node_log,
@@ -50,6 +52,7 @@ from prefect_kubeflow.backends.jobfiles import (
     read_exit,
     read_restarts,
     read_result,
+    record_watcher,
     restarted_message,
     write_function,
 )
@@ -237,8 +240,8 @@ class LocalProcessBackend(Backend):
                 return f"the process hosting the job's nodes (pid {pid}) died"
             return node_failure(job_dir, rank, ended["code"], job.record.nproc_per_node)
 
-        restarts, cancelled = read_restarts(job_dir), read_cancelled(job_dir)
-        return to_trainjob(job.record, nodes, failure, restarts, cancelled)
+        restarts, no_restart = read_restarts(job_dir), no_restart_reason(job_dir)
+        return to_trainjob(job.record, nodes, failure, restarts, no_restart)
 
     def node_logs(
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
@@ -288,11 +291,36 @@ class LocalProcessBackend(Backend):
 
     def restart(self, name: str) -> None:
         """Archive the ended attempt (its host's record too: the job reads Pending until the
-        new host runs), then start a new host for the next attempt."""
+        new host runs), then start a new host for the next attempt. Nothing happens unless a
+        restart is due and this call claims it."""
         job_dir = self._existing_dir(name)
+        if not restart_pending(self.get(name)):
+            return
+        self._await_host_exit(job_dir, name)
+        # A keeper orphaned by a killed host would write its exit into the next attempt.
+        processes.kill_marked(LocalJob.read(job_dir).job_id, self.settings.grace_period)
+        job = self.get(name)
+        reason = attempt_failure(job)
+        try:
+            attempt = archive_attempt(
+                job_dir, job.num_nodes, reason, extra=(HOST_FILE, "host.log", ERROR_FILE)
+            )
+        except FileExistsError:
+            return  # another watcher claimed this restart
+        job_event(job_dir, name, "Restarted", restarted_message(attempt, reason))
+        try:
+            self._start_host(job_dir)
+        except BaseException:
+            # A dead host: the attempt reads Failed, never Pending for good.
+            write_json_atomic(job_dir / HOST_FILE, {"pid": 0, "start": -1})
+            raise
+        if read_cancelled(job_dir) is not None:  # cancelled while it restarted
+            self.stop(name)
+
+    def _await_host_exit(self, job_dir: Path, name: str) -> None:
+        """The host outlives its nodes' exit files by a moment (reaping, its last sweep of
+        the job's processes, which would take the next attempt's for its own): wait it out."""
         host = read_host(job_dir)
-        # The host outlives its nodes' exit files by a moment (reaping, its last sweep of the
-        # job's processes, which would take the next attempt's for its own): wait it out.
         deadline = time.monotonic() + self.settings.grace_period + 5
         while host is not None and processes.is_alive(host["pid"], host["start"]):
             if time.monotonic() > deadline:
@@ -301,13 +329,12 @@ class LocalProcessBackend(Backend):
                     "stopped gang restarts"
                 )
             time.sleep(0.05)
-        job = self.get(name)
-        reason = attempt_failure(job)
-        attempt = archive_attempt(
-            job_dir, job.num_nodes, reason, extra=(HOST_FILE, "host.log", ERROR_FILE)
-        )
-        job_event(job_dir, name, "Restarted", restarted_message(attempt, reason))
-        self._start_host(job_dir)
+
+    def record_watcher(self, name: str) -> None:
+        """Record this process as the job's watcher, in its folder."""
+        job_dir = self._dir(name)
+        if job_dir is not None:
+            record_watcher(job_dir)
 
     def cancel(self, name: str, message: str) -> None:
         """Mark the job cancelled (no restart follows), then stop it."""

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from prefect_kubeflow.backends.eventlog import EVENTS_FILE, append_event
+from prefect_kubeflow.backends.eventlog import EVENTS_FILE, NODE_KIND, append_event
 from prefect_kubeflow.backends.logfile import STDERR, STDOUT, NodeLogWriter
 from prefect_kubeflow.backends.processes import JOB_ID_ENV
 from prefect_kubeflow.files import write_json_atomic
@@ -110,7 +110,7 @@ def _event(exit_file: str, reason: str, message: str) -> None:
     node = Path(exit_file).stem
     with contextlib.suppress(OSError):  # the job's folder is being deleted
         append_event(
-            Path(exit_file).parent / EVENTS_FILE, "Node", node, reason, f"{node} {message}"
+            Path(exit_file).parent / EVENTS_FILE, NODE_KIND, node, reason, f"{node} {message}"
         )
 
 

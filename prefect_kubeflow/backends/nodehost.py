@@ -58,8 +58,14 @@ def start_keepers(
             )
         )
     port = _free_port()
-    # Merged onto ours; the keeper adds the job's marker.
-    env = {**os.environ, **job.env, RESTART_COUNT_ENV: str(len(read_restarts(job_dir)))}
+    # Merged onto ours. The keepers carry the job's marker too: a keeper orphaned by a dead
+    # host is found (and stopped) before the next attempt starts.
+    env = {
+        **os.environ,
+        **job.env,
+        RESTART_COUNT_ENV: str(len(read_restarts(job_dir))),
+        processes.JOB_ID_ENV: job.job_id,
+    }
     workdir = job.workdir if Path(job.workdir).is_dir() else str(job_dir)
     num_nodes, nproc = job.record.num_nodes, job.record.nproc_per_node
     for rank in range(num_nodes):

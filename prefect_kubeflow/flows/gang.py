@@ -69,6 +69,15 @@ def stop_gang(backend: Backend, name: str, reason: str, message: str) -> None:
         logger.warning("stopping the nodes of TrainJob %s failed: %s", name, exc)
 
 
+def record_watcher(backend: Backend, name: str) -> None:
+    """Record this process as the job's watcher (the one restarting its gang); a failure to is
+    logged: the job then runs as if it had none yet."""
+    try:
+        backend.record_watcher(name)
+    except (BackendError, JobNotFoundError, OSError) as exc:
+        logger.warning("could not record the watcher of TrainJob %s: %s", name, exc)
+
+
 def restart_gang(backend: Backend, name: str) -> TrainJob | None:
     """Start the job's next attempt if its current one failed, has fully stopped and restarts
     remain (`restart_pending`); the job then (None once deleted)."""
@@ -77,9 +86,14 @@ def restart_gang(backend: Backend, name: str) -> TrainJob | None:
         logger.info("TrainJob %s: attempt %s failed; restarting the gang", name, job.attempt + 1)
         try:
             backend.restart(name)
-        except BackendError as exc:  # the job must not wait for a restart that never comes
+        except JobNotFoundError:
+            return None  # deleted meanwhile
+        except (BackendError, OSError) as exc:  # no job may wait for a restart never to come
             logger.warning("TrainJob %s could not restart: %s", name, exc)
-            backend.cancel(name, f"the gang could not restart: {exc}")
+            try:
+                backend.cancel(name, f"the gang could not restart: {exc}")
+            except (BackendError, JobNotFoundError, OSError) as cancel_error:
+                logger.warning("TrainJob %s could not be cancelled: %s", name, cancel_error)
         job = backend.describe(name)
     return job
 
@@ -103,6 +117,8 @@ def finish(backend: Backend, name: str, auto_remove: bool) -> TrainJob | None:
     runs, restarting it when one is), removed then if `auto_remove`; None once deleted. The
     end of every plan, with Prefect or without."""
     job = backend.describe(name)
+    if job is not None and is_active(job.status):
+        record_watcher(backend, name)
     while job is not None and is_active(job.status):
         if restart_pending(job):
             job = restart_gang(backend, name)

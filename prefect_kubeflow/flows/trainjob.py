@@ -24,11 +24,11 @@ from prefect.states import Cancelled, Pending
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec, restart_pending
+from prefect_kubeflow.backends.base import JobSpec, is_active, restart_pending
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
-from prefect_kubeflow.flows.gang import finish, remove, restart_gang, watch_node
+from prefect_kubeflow.flows.gang import finish, record_watcher, remove, restart_gang, watch_node
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
 
@@ -109,6 +109,7 @@ def trainjob(
     final = backend.describe(name)
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
+    record_watcher(backend, name)  # this process restarts the gang
     while final is not None:
         wait(
             [
@@ -120,6 +121,8 @@ def trainjob(
         if final is None or not restart_pending(final):
             break
         final = restart_gang(backend, name)  # the next attempt: new node-<i> task runs
+        if final is None or not is_active(final.status):  # it could not restart
+            break
     # Still running here only if a node's task ended before its node (an engine error).
     final = finish(backend, name, auto_remove=False)
     if final is None:

@@ -27,9 +27,16 @@ class ImagePins:
 
     def _read(self) -> dict[str, dict[str, str]]:
         try:
-            return dict(json.loads(self.path.read_text()))
+            pins = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        if not isinstance(pins, dict):  # not a file of ours: start again
+            return {}
+        return {
+            key: pin
+            for key, pin in pins.items()
+            if isinstance(pin, dict) and isinstance(pin.get("image"), str)
+        }
 
     def apply(self, source: str, specs: list[RuntimeSpec]) -> tuple[list[RuntimeSpec], list[str]]:
         """`specs` of `source` with each runtime's pinned image (pinning those seen for the
@@ -50,7 +57,8 @@ class ImagePins:
                 continue
             notices.append(
                 f"runtime {spec.runtime.name!r} of {source} now names image {image!r}; jobs keep "
-                f"{pin['image']!r}, pinned when it was first read ({pin['since'][:10]}). To move, "
+                f"{pin['image']!r}, pinned when it was first read ({str(pin.get('since'))[:10]}). "
+                "To move, "
                 "set pin_images=False on the runtime source, or name the image (the backend "
                 "config's image, or a Runtime)"
             )

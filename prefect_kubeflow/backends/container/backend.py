@@ -28,6 +28,7 @@ from prefect_kubeflow.backends.base import (
     JobSpec,
     NodeState,
     attempt_failure,
+    restart_pending,
     to_trainjob,
 )
 from prefect_kubeflow.backends.container.engine import (
@@ -49,11 +50,10 @@ from prefect_kubeflow.backends.container.nodes import (
     created_attempt,
     deleting,
     list_nodes,
+    remove_job,
 )
 from prefect_kubeflow.backends.container.specs import (
-    BACKEND_LABEL,
     JOB_DIR_LABEL,
-    JOB_LABEL,
     NODE_LABEL,
     RECORD_LABEL,
     ContainerSettings,
@@ -73,12 +73,14 @@ from prefect_kubeflow.backends.jobfiles import (
     job_event,
     keep_deleted_events,
     mark_cancelled,
+    no_restart_reason,
     node_exit_file,
     node_failure,
     node_log,
     read_cancelled,
     read_restarts,
     read_result,
+    record_watcher,
     restarted_message,
     write_function,
 )
@@ -86,6 +88,7 @@ from prefect_kubeflow.backends.logfile import LogLine, read_node_log
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import (
     BackendError,
+    JobNotFoundError,
     NameConflictError,
 )
 from prefect_kubeflow.files import remove_tree, write_json_atomic
@@ -167,7 +170,7 @@ class ContainerBackend(Backend):
         try:
             # Only what this call made (labelled with its folder): a name conflict means the
             # other objects of that name belong to someone else.
-            self._remove(name, job_dir, only_this_folder=True)
+            remove_job(self.engine, name, job_dir, only_this_folder=True)
         except BackendError as exc:
             logger.warning("could not remove what was created of job %s: %s", name, exc)
         remove_tree(job_dir, f"the folder of job {name}")
@@ -226,8 +229,8 @@ class ContainerBackend(Backend):
                 return f"{constants.NODE}-{index}: its container is gone"
             return self._failure(node, job_dir, index, record.nproc_per_node)
 
-        cancelled = read_cancelled(nodes_dir(job_dir))
-        return to_trainjob(record, states, failure, restarts, cancelled)
+        no_restart = no_restart_reason(nodes_dir(job_dir))
+        return to_trainjob(record, states, failure, restarts, no_restart)
 
     def _failure(self, node: Node, job_dir: Path, index: int, nproc: int) -> str:
         """Why a node failed: the keeper's record, the out-of-memory kill, or the engine's log
@@ -305,10 +308,47 @@ class ContainerBackend(Backend):
     # -- restarting, stopping and deleting -----------------------------------------------------
 
     def restart(self, name: str) -> None:
-        """Rename the ended attempt's containers out of the way (they stay, for the engine's
-        view of them, until the job is deleted), archive its files, then start the next
-        attempt's containers from the job's node specs."""
-        # A keeper writes its exit file a moment before its container stops: wait that out.
+        """Archive the ended attempt's files (claiming the restart), rename its containers out
+        of the way (they stay, for the engine's view of them, until the job is deleted), then
+        start the next attempt's containers from the job's node specs. Nothing happens unless
+        a restart is due and this call claims it."""
+        if not restart_pending(self.get(name)):
+            return
+        containers = self._await_ended(name)
+        job = self.get(name)
+        job_dir = Path(containers[0].labels[JOB_DIR_LABEL])
+        reason = attempt_failure(job)
+        try:
+            attempt = archive_attempt(nodes_dir(job_dir), job.num_nodes, reason)
+        except FileExistsError:
+            return  # another watcher claimed this restart
+        job_event(nodes_dir(job_dir), name, "Restarted", restarted_message(attempt, reason))
+        for node in containers:
+            if attempt_of(node) == job.attempt:
+                old = f"{node_name(name, int(node.labels[NODE_LABEL]))}-attempt-{job.attempt}"
+                with engine_errors(f"renaming {node.id[:12]}"):
+                    self.engine.client.api.rename(node.id, old)
+        nodes = [NodeSpec(**data) for data in json.loads((job_dir / NODES_FILE).read_text())]
+        try:
+            self._start_nodes([restarted(node, attempt) for node in nodes], job_dir, attempt)
+        except BaseException:
+            # What started is stopped and the attempt marked made: its missing nodes then read
+            # Failed, never Pending for good.
+            self.stop(name)
+            (job_dir / CREATED_FILE).write_text(str(attempt))
+            raise
+        if (job_dir / DELETING_FILE).exists():  # deleted while it restarted
+            remove_job(self.engine, name, job_dir)
+        elif read_cancelled(nodes_dir(job_dir)) is not None:  # cancelled while it restarted
+            self.stop(name)
+
+    def _await_ended(self, name: str) -> list[Node]:
+        """The job's containers once all have stopped: a keeper writes its exit file a moment
+        before its container stops.
+
+        Raises:
+            BackendError: one still runs after the grace period.
+        """
         deadline = time.monotonic() + self.settings.grace_period + 5
         containers = list_nodes(self.engine, name)
         while any(node.exit_code is None for node in containers):
@@ -316,22 +356,18 @@ class ContainerBackend(Backend):
                 raise BackendError(f"TrainJob {name!r} still runs: only a stopped gang restarts")
             time.sleep(0.1)
             containers = list_nodes(self.engine, name)
-        job = self.get(name)
-        job_dir = Path(containers[0].labels[JOB_DIR_LABEL])
-        for node in containers:
-            if attempt_of(node) == job.attempt:
-                old = f"{node_name(name, int(node.labels[NODE_LABEL]))}-attempt-{job.attempt}"
-                with engine_errors(f"renaming {node.id[:12]}"):
-                    self.engine.client.api.rename(node.id, old)
-        reason = attempt_failure(job)
-        attempt = archive_attempt(nodes_dir(job_dir), job.num_nodes, reason)
-        job_event(nodes_dir(job_dir), name, "Restarted", restarted_message(attempt, reason))
-        nodes = [NodeSpec(**data) for data in json.loads((job_dir / NODES_FILE).read_text())]
-        self._start_nodes([restarted(node, attempt) for node in nodes], job_dir, attempt)
+        return containers
+
+    def record_watcher(self, name: str) -> None:
+        """Record this process as the job's watcher, in its folder."""
+        record_watcher(self._nodes_dir(name))
 
     def cancel(self, name: str, message: str) -> None:
         """Mark the job cancelled (no restart follows), then stop it."""
-        mark_cancelled(self._nodes_dir(name), message)
+        try:
+            mark_cancelled(self._nodes_dir(name), message)
+        except JobNotFoundError:
+            return  # deleted: nothing left to cancel
         super().cancel(name, message)
 
     def stop(self, name: str) -> None:
@@ -358,33 +394,4 @@ class ContainerBackend(Backend):
             self.stop(name)
         if nodes_dir(job_dir).is_dir():
             keep_deleted_events(self.jobs_dir, nodes_dir(job_dir), name)
-        return self._remove(name, job_dir)
-
-    def _remove(self, name: str, job_dir: Path, only_this_folder: bool = False) -> bool:
-        """Remove every container, the network and the folder of the job; whatever exists.
-        Whether anything did."""
-        api = self.engine.client.api
-        labels = [f"{JOB_LABEL}={name}", BACKEND_LABEL]
-        if only_this_folder:
-            labels.append(f"{JOB_DIR_LABEL}={job_dir}")
-        label = {"label": labels}
-        with engine_errors(f"listing what is left of {name}"):
-            containers = api.containers(all=True, filters=label)
-            networks = api.networks(filters=label)
-        existed = bool(containers or networks) or job_dir.is_dir()
-        for container in containers:
-            with engine_errors(f"removing a container of {name}"):
-                try:
-                    api.remove_container(container["Id"], force=True)
-                except DockerException as exc:
-                    if not is_not_found(exc):
-                        raise
-        for network in networks:
-            with engine_errors(f"removing network {network['Name']}"):
-                try:
-                    api.remove_network(network["Id"])
-                except DockerException as exc:
-                    if not is_not_found(exc):
-                        raise
-        remove_tree(job_dir, f"the folder of job {name}")
-        return existed
+        return remove_job(self.engine, name, job_dir)

@@ -1,6 +1,6 @@
 """The node containers of the container backend's jobs, as the engine lists them: one list
 call, labels and states, exit codes of ended ones; and what those labels and the job's folder
-say of a job (its attempt, whether it is being deleted)."""
+say of a job (its attempt, whether it is being deleted); and removing all of a job."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from prefect_kubeflow.backends.container.specs import (
     JOB_DIR_LABEL,
     JOB_LABEL,
 )
+from prefect_kubeflow.files import remove_tree
 
 CREATED_FILE = "created"  # the last attempt of which every node exists
 DELETING_FILE = "deleting"  # the job is being deleted: it no longer reads as a job
@@ -104,3 +105,33 @@ def epoch(timestamp: str) -> float:
         return float("inf")
     whole = datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc).timestamp()
     return whole + float(match[2] or 0)
+
+
+def remove_job(engine: Engine, name: str, job_dir: Path, only_this_folder: bool = False) -> bool:
+    """Remove every container, the network and the folder of the job; whatever exists.
+    Whether anything did."""
+    api = engine.client.api
+    labels = [f"{JOB_LABEL}={name}", BACKEND_LABEL]
+    if only_this_folder:
+        labels.append(f"{JOB_DIR_LABEL}={job_dir}")
+    label = {"label": labels}
+    with engine_errors(f"listing what is left of {name}"):
+        containers = api.containers(all=True, filters=label)
+        networks = api.networks(filters=label)
+    existed = bool(containers or networks) or job_dir.is_dir()
+    for container in containers:
+        with engine_errors(f"removing a container of {name}"):
+            try:
+                api.remove_container(container["Id"], force=True)
+            except DockerException as exc:
+                if not is_not_found(exc):
+                    raise
+    for network in networks:
+        with engine_errors(f"removing network {network['Name']}"):
+            try:
+                api.remove_network(network["Id"])
+            except DockerException as exc:
+                if not is_not_found(exc):
+                    raise
+    remove_tree(job_dir, f"the folder of job {name}")
+    return existed

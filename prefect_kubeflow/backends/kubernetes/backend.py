@@ -24,7 +24,7 @@ from prefect_kubeflow.backends.kubernetes.podlogs import follow_pod_log, read_po
 from prefect_kubeflow.backends.kubernetes.settings import KubernetesSettings
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
-from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError
+from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError, UnsupportedOptionError
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, runtimes_from
 from prefect_kubeflow.types import Event, TrainJob
 
@@ -36,8 +36,12 @@ class KubernetesBackend(Backend):
     """Runs each job as a TrainJob; the cluster's objects are the job records."""
 
     supported_options = options.COMMON | options.KUBERNETES_ONLY
-    # The JobSet's failure policy would restart the gang; our TrainJobs do not set it yet.
     gang_restarts = False
+    restarts_hint = (
+        "a cluster restarts a gang by its runtime's JobSet failurePolicy.maxRestarts, which a "
+        "TrainJob cannot set (its runtimePatches do not reach failurePolicy); train on a "
+        "ClusterTrainingRuntime that sets it"
+    )
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
@@ -70,8 +74,15 @@ class KubernetesBackend(Backend):
                 hint=f" on the cluster at {self.cluster.host}: install it as a "
                 f"{tj.RUNTIME_KIND} (kubectl apply -f) or train on one of those",
             )
+        if spec.custom_image and spec.trainer_command is None and _runtime_command(runtime):
+            raise UnsupportedOptionError(
+                f"runtime {spec.runtime_name!r} gives its node the command "
+                f"{_runtime_command(runtime)!r}, which would run instead of image "
+                f"{spec.image!r}'s own: give the command with the TrainerCommand option"
+            )
         nproc, device = resolve_nproc_per_node(spec.num_proc_per_node, spec.resources_per_node, 0)
-        record = JobRecord.for_spec(spec, _runtime_image(runtime) or spec.image, nproc, device)
+        image = spec.image if spec.custom_image else _runtime_image(runtime) or spec.image
+        record = JobRecord.for_spec(spec, image, nproc, device)
         self.cluster.create_trainjob(
             tj.build_trainjob(spec, record, self.settings.rendezvous_timeout)
         )
@@ -288,6 +299,15 @@ def _runtime_image(runtime: Mapping[str, Any]) -> str | None:
     except (ValueError, BackendError):
         return None
     return spec.runtime.trainer.image or None
+
+
+def _runtime_command(runtime: Mapping[str, Any]) -> list[str]:
+    """The command a ClusterTrainingRuntime gives its node container (empty: the image's)."""
+    try:
+        [spec] = runtimes_from([dict(runtime)], "cluster")
+    except (ValueError, BackendError):
+        return []
+    return list(spec.runtime.trainer.command)
 
 
 def _condition_message(trainjob: Mapping[str, Any], kind: str) -> str:

@@ -20,6 +20,7 @@ from prefect_kubeflow.backends.base import JobRecord, JobSpec, NodeState, exit_h
 from prefect_kubeflow.backends.kubernetes import bootstrap
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, pip_install_command
 from prefect_kubeflow.errors import BackendError, InvalidInputError
+from prefect_kubeflow.options import RESERVED_MANAGER
 from prefect_kubeflow.types import gpu_count
 
 KIND = "TrainJob"
@@ -27,7 +28,7 @@ RUNTIME_KIND = "ClusterTrainingRuntime"
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 FLOW_RUN_KEY = constants.LABEL_PREFIX + "flow-run-id"
-PATCH_MANAGER = constants.LABEL_PREFIX + "backend"
+PATCH_MANAGER = RESERVED_MANAGER
 PYTHON = "python3"
 
 
