@@ -536,6 +536,12 @@ def test_delete_cancel_or_a_lost_watcher_stop_a_job_between_attempts(client, har
     spec = client.build_spec(CustomTrainer(func=fail_on_rank, num_nodes=2, max_restarts=3))
     client.backend.create(spec)
     name = spec.name
+    wait_for(
+        lambda: client.get_job(name).steps[1].status == constants.STEP_FAILED,
+        300,
+        "node-1 to fail",
+    )
+    client.backend.stop(name)  # the gang teardown its watcher would do
     job = wait_for(
         lambda: (j := client.get_job(name)) and restart_pending(j) and j,
         300,
