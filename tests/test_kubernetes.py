@@ -241,6 +241,8 @@ def test_a_custom_trainer_container_runs_its_image_as_the_trainer(kclient):
     job = kclient.wait_for_job_status(name, timeout=300, polling_interval=0.2)
     assert job.status == constants.TRAINJOB_COMPLETE, job.message
     assert (job.labels, job.annotations) == ({"team": "nlp"}, {"note": "any: text"})
+    assert job.runtime.trainer.image == image
+    assert job.image_digest == engine_client("docker").images.get(image).id  # what the pods ran
     assert [j.name for j in kclient.list_jobs(labels={"team": "nlp"})] == [name]
     # The operator's torch plugin set PET_*: the image's own torchrun found its peer.
     lines = sorted(line for line in kclient.get_job_logs(name) if "image rank=" in line)

@@ -273,3 +273,17 @@ def test_a_failing_rank_leaves_its_traceback_as_the_termination_message(tmp_path
     message = (tmp_path / "termination-log").read_text()
     assert message.startswith("rank 1 raised:\n") and "ValueError: boom on rank 1" in message
     assert len(message.encode()) <= 4096
+
+
+@pytest.mark.parametrize(
+    ("image_id", "digest"),
+    [
+        ("docker-pullable://pytorch/pytorch@sha256:abc", "sha256:abc"),
+        ("registry.example/pytorch@sha256:abc", "sha256:abc"),
+        ("docker://sha256:def", "sha256:def"),
+        ("", None),
+    ],
+)
+def test_the_image_digest_is_read_from_the_node_containers_image_id(image_id, digest):
+    pod = {"status": {"containerStatuses": [{"name": "node", "imageID": image_id}]}}
+    assert tj.image_digest({0: pod}) == digest

@@ -164,6 +164,7 @@ class KubernetesBackend(Backend):
             return tj.failure_message(index, pod, tail)
 
         job = to_trainjob(record, states, failure)
+        job.image_digest = tj.image_digest(by_index)
         job.steps = [
             replace(step, pod_name=by_index[index]["metadata"]["name"])
             if index in by_index

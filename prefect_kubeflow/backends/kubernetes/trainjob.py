@@ -200,6 +200,19 @@ def pods_by_index(pods: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, A
     return newest
 
 
+def image_digest(pods: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """The digest of the image the nodes ran, from a node container's ``imageID`` (the
+    kubelet's: ``docker-pullable://repo@sha256:…``, ``repo@sha256:…`` or ``docker://sha256:…``);
+    None before any node container started."""
+    for pod in pods.values():
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            image_id = str(status.get("imageID") or "")
+            if status.get("name") == constants.NODE and image_id:
+                reference = image_id.rpartition("://")[2]  # without the runtime's scheme
+                return reference.rpartition("@")[2] or None
+    return None
+
+
 def terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The node container's terminated state; None while it has not ended."""
     for status in pod.get("status", {}).get("containerStatuses") or []:
