@@ -113,6 +113,7 @@ def build_spec(
         runtime_patches=job_options.runtime_patches,
         trainer_command=job_options.trainer_command,
         trainer_args=job_options.trainer_args,
+        uid=uuid.uuid4().hex,
     )
 
 

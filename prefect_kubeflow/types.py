@@ -376,7 +376,7 @@ class TrainJob:
     error lines) or why a restarting one restarts; ``labels`` and ``annotations`` are the job
     options'; ``restarts`` lists the earlier attempts (``attempt`` is the current one's
     ``TORCHELASTIC_RESTART_COUNT``); ``image_digest`` is the digest of the image the nodes ran,
-    where the engine gives one.
+    where the engine gives one; ``uid`` tells this job from an earlier one of the same name.
     """
 
     name: str
@@ -390,6 +390,7 @@ class TrainJob:
     annotations: dict[str, str] = field(default_factory=dict)
     restarts: list[Restart] = field(default_factory=list)
     image_digest: str | None = None
+    uid: str | None = None
 
     @property
     def attempt(self) -> int:

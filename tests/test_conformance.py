@@ -519,6 +519,10 @@ def test_job_options_name_label_and_annotate_jobs(client, harness):
     # A name in use conflicts, and leaves the job that has it as it was.
     with pytest.raises(NameConflictError):
         client.train(trainer=CustomTrainer(func=print_env), options=[Name(name)])
+    # A flow handed a spec of that name (a deployment's) does not adopt the other job either.
+    spec = client.build_spec(CustomTrainer(func=print_env), options=[Name(name)])
+    with pytest.raises(NameConflictError, match="made from another spec"):
+        client.backend.ensure_created(spec)
     assert client.get_job(name).status == constants.TRAINJOB_COMPLETE
     assert sorted(j.name for j in client.list_jobs()) == sorted([name, other])
     if harness.id != "kubernetes":  # only a TrainJob object takes a trainer command

@@ -59,7 +59,7 @@ def test_default_runtime_and_listing(client):
 def test_a_dead_node_host_fails_the_job_and_its_nodes_stop(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
     job_id = local_job_id(jobs_dir, name)
-    wait_for(lambda: len(processes.find_marked(job_id)) >= 4, 120, "2 agents and 2 workers")
+    wait_for(lambda: len(processes.find_marked(job_id)) >= 6, 120, "2 keepers, agents, workers")
     host = read_host(jobs_dir / name)
     os.kill(host["pid"], signal.SIGKILL)
     with pytest.raises(
@@ -75,7 +75,7 @@ def test_a_dead_node_host_fails_the_job_and_its_nodes_stop(client, jobs_dir):
 def test_a_killed_node_keeper_fails_the_job_without_hanging(client, jobs_dir):
     name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
     job_id = local_job_id(jobs_dir, name)
-    wait_for(lambda: len(processes.find_marked(job_id)) >= 4, 120, "2 agents and 2 workers")
+    wait_for(lambda: len(processes.find_marked(job_id)) >= 6, 120, "2 keepers, agents, workers")
     log = str(jobs_dir / name / "node-1.log").encode()
     [keeper] = [
         int(entry.name)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_kubeflow import constants, options
 from prefect_kubeflow.backends.logfile import LogLine
-from prefect_kubeflow.errors import JobNotFoundError, JobResultError
+from prefect_kubeflow.errors import JobNotFoundError, JobResultError, NameConflictError
 from prefect_kubeflow.types import (
     Event,
     Restart,
@@ -72,6 +72,8 @@ class JobSpec:
     runtime_patches: list[dict[str, Any]] = field(default_factory=list)
     trainer_command: list[str] | None = None
     trainer_args: list[str] | None = None
+    # Tells this spec's job from another of the same name (a `Name` option used twice).
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class JobRecord:
     annotations: dict[str, str] = field(default_factory=dict)
     image_digest: str | None = None
     custom_image: bool = False
+    uid: str = ""
 
     @classmethod
     def for_spec(
@@ -121,6 +124,7 @@ class JobRecord:
             annotations=dict(spec.annotations),
             image_digest=image_digest,
             custom_image=spec.custom_image,
+            uid=spec.uid,
         )
 
     def to_json(self) -> str:
@@ -248,6 +252,7 @@ def to_trainjob(
         annotations=dict(record.annotations),
         restarts=list(restarts),
         image_digest=record.image_digest,
+        uid=record.uid or None,
     )
 
 
@@ -403,8 +408,18 @@ class Backend(ABC):
             ) from exc
 
     def ensure_created(self, spec: JobSpec) -> bool:
-        """Create the job unless it exists already; whether this call created it."""
-        if self.describe(spec.name) is not None:
-            return False
-        self.create(spec)
-        return True
+        """Create the job unless this spec's job exists already; whether this call created it.
+
+        Raises:
+            NameConflictError: another job of the spec's name exists.
+        """
+        existing = self.describe(spec.name)
+        if existing is None:
+            self.create(spec)
+            return True
+        if spec.uid and existing.uid != spec.uid:
+            raise NameConflictError(
+                f"a TrainJob {spec.name!r} exists already, made from another spec: delete it, or "
+                "name this job differently"
+            )
+        return False
