@@ -10,7 +10,8 @@ from typing import Any
 from prefect.context import FlowRunContext
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec, is_active
+from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.status import is_active
 from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
 from prefect_kubeflow.errors import (
     BackendError,
@@ -90,15 +91,9 @@ class TrainerClient:
         runtime: str | Runtime | None = None,
         options: list[Any] | None = None,
     ) -> JobSpec:
-        """The validated spec of a TrainJob running `trainer` on `runtime` with `options`,
-        named by a `Name` option or at random; nothing is created. `train()` creates it; a
-        deployment or a task runner hands it to the ``trainjob`` flow.
-
-        Raises:
-            InvalidInputError: `trainer` or an option is invalid.
-            UnsupportedOptionError: this backend cannot honour an option or the trainer.
-            RuntimeNotFoundError: `runtime` names no known runtime.
-            InvalidRuntimeError: `runtime` cannot run a CustomTrainer on this backend.
+        """The validated spec of a TrainJob running `trainer` on `runtime` with `options`;
+        nothing is created (`prefect_kubeflow.jobspecs.build_spec`, which lists its errors).
+        `train()` creates it; a deployment or a task runner hands it to the ``trainjob`` flow.
         """
         return build_spec(self.backend, self.runtimes, trainer, runtime, options)
 

@@ -25,7 +25,8 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_kubeflow.backends.base import Backend, JobSpec, is_active
+from prefect_kubeflow.backends.base import Backend, JobSpec
+from prefect_kubeflow.backends.status import is_active
 from prefect_kubeflow.blocks import LocalProcessBackendConfig, TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, InvalidInputError, JobFailedError
 from prefect_kubeflow.flows.trainjob import run_trainjob

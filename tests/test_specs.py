@@ -125,13 +125,13 @@ def test_container_node_specs_are_built_without_an_engine():
     ],
 )
 def test_node_phases_roll_up_to_one_job_status(phases, status):
-    from prefect_kubeflow.backends.base import roll_up
+    from prefect_kubeflow.backends.status import roll_up
 
     assert roll_up(phases) == status
 
 
 def test_the_failure_message_is_the_first_failed_node_s():
-    from prefect_kubeflow.backends.base import NodeState, to_trainjob
+    from prefect_kubeflow.backends.status import NodeState, to_trainjob
 
     _, record = _job()
     job = to_trainjob(

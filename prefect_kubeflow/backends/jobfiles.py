@@ -16,10 +16,11 @@ from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import JobSpec, exit_header
+from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.entrypoint import RESULT_FILE
 from prefect_kubeflow.backends.eventlog import EVENTS_FILE, NODE_KIND, append_event
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
+from prefect_kubeflow.backends.status import exit_header
 from prefect_kubeflow.files import write_json_atomic
 from prefect_kubeflow.types import Event, Restart
 

@@ -27,15 +27,7 @@ from platformdirs import user_cache_dir, user_data_dir
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import (
-    Backend,
-    JobRecord,
-    JobSpec,
-    NodeState,
-    attempt_failure,
-    restart_pending,
-    to_trainjob,
-)
+from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec
 from prefect_kubeflow.backends.jobfiles import (
     archive_attempt,
     created_message,
@@ -57,6 +49,12 @@ from prefect_kubeflow.backends.jobfiles import (
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
+from prefect_kubeflow.backends.status import (
+    NodeState,
+    attempt_failure,
+    restart_pending,
+    to_trainjob,
+)
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import BackendError, NameConflictError
 from prefect_kubeflow.files import remove_tree, write_json_atomic

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import InvalidInputError
-from prefect_kubeflow.types import gpu_count, quantity
+from prefect_kubeflow.resources import gpu_count, quantity
 
 # The script each torchrun worker runs: it loads the shipped function and calls it.
 ENTRYPOINT = Path(__file__).with_name("entrypoint.py")

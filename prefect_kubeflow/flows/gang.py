@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, is_active, restart_pending
+from prefect_kubeflow.backends.base import Backend
 from prefect_kubeflow.backends.logfile import LogLine
+from prefect_kubeflow.backends.status import is_active, restart_pending
 from prefect_kubeflow.errors import BackendError, JobNotFoundError
 from prefect_kubeflow.types import TrainJob
 

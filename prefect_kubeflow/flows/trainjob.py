@@ -24,8 +24,9 @@ from prefect.states import Cancelled, Pending
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec, is_active, restart_pending
+from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
+from prefect_kubeflow.backends.status import is_active, restart_pending
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
 from prefect_kubeflow.flows.gang import finish, record_watcher, remove, restart_gang, watch_node

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.errors import RuntimeParseError
+from prefect_kubeflow.resources import gpu_count
 from prefect_kubeflow.runtimes.models import RUNTIME_KINDS, RuntimeDocument
-from prefect_kubeflow.types import Runtime, RuntimeTrainer, TrainerType, gpu_count
+from prefect_kubeflow.types import Runtime, RuntimeTrainer, TrainerType
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 # A runtime has a few hundred YAML nodes; aliases may not expand a file beyond this many

@@ -22,15 +22,7 @@ import requests
 from docker.errors import DockerException
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import (
-    Backend,
-    JobRecord,
-    JobSpec,
-    NodeState,
-    attempt_failure,
-    restart_pending,
-    to_trainjob,
-)
+from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec
 from prefect_kubeflow.backends.container.engine import (
     Engine,
     connect,
@@ -85,6 +77,12 @@ from prefect_kubeflow.backends.jobfiles import (
     write_function,
 )
 from prefect_kubeflow.backends.logfile import LogLine, read_node_log
+from prefect_kubeflow.backends.status import (
+    NodeState,
+    attempt_failure,
+    restart_pending,
+    to_trainjob,
+)
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import (
     BackendError,

@@ -24,7 +24,7 @@ from prefect_kubeflow.backends.entrypoint import RESTART_COUNT_ENV
 from prefect_kubeflow.backends.jobfiles import node_exit_file, node_log
 from prefect_kubeflow.backends.torchrun import pip_install_command, torchrun_argv
 from prefect_kubeflow.errors import InvalidInputError
-from prefect_kubeflow.types import gpu_count, memory_bytes, quantity
+from prefect_kubeflow.resources import gpu_count, memory_bytes, quantity
 
 # Labels: Kubeflow's names where Kubeflow has one.
 JOB_LABEL = constants.TRAINJOB_NAME_LABEL
@@ -191,6 +191,20 @@ def node_command(
     ]
 
 
+def node_binds(job_dir: Path, settings: ContainerSettings) -> list[str]:
+    """What every node mounts: the nodes' folder, this package and its cloudpickle, and the
+    block's volumes."""
+    package = Path(prefect_kubeflow.__file__).parent
+    return [
+        # Only the nodes' folder: the job's own records stay out of the containers' reach.
+        f"{nodes_dir(job_dir)}:{JOB_MOUNT}:rw",
+        f"{package}:{PACKAGE_MOUNT / 'prefect_kubeflow'}:ro",
+        # The host's cloudpickle pickles rank 0's result: the same version reads it back.
+        f"{Path(cloudpickle.__file__).parent}:{PACKAGE_MOUNT / 'cloudpickle'}:ro",
+        *settings.volumes,
+    ]
+
+
 def build_node_specs(
     spec: JobSpec,
     record: JobRecord,
@@ -204,15 +218,7 @@ def build_node_specs(
     attempt's (`restarted` makes a later one's)."""
     labels = job_labels(record, job_dir)
     env = node_env(spec, settings, image_env)
-    package = Path(prefect_kubeflow.__file__).parent
-    binds = [
-        # Only the nodes' folder: the job's own records stay out of the containers' reach.
-        f"{nodes_dir(job_dir)}:{JOB_MOUNT}:rw",
-        f"{package}:{PACKAGE_MOUNT / 'prefect_kubeflow'}:ro",
-        # The host's cloudpickle pickles rank 0's result: the same version reads it back.
-        f"{Path(cloudpickle.__file__).parent}:{PACKAGE_MOUNT / 'cloudpickle'}:ro",
-        *settings.volumes,
-    ]
+    binds = node_binds(job_dir, settings)
     resources = spec.resources_per_node
     gpus = gpu_count(resources)
     specs = []

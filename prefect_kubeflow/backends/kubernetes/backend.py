@@ -17,12 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect_kubeflow import constants, options
-from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec, to_trainjob
+from prefect_kubeflow.backends.base import Backend, JobRecord, JobSpec
 from prefect_kubeflow.backends.kubernetes import trainjob as tj
 from prefect_kubeflow.backends.kubernetes.api import Cluster, connect
 from prefect_kubeflow.backends.kubernetes.podlogs import follow_pod_log, read_pod_log
 from prefect_kubeflow.backends.kubernetes.settings import KubernetesSettings
 from prefect_kubeflow.backends.logfile import LogLine
+from prefect_kubeflow.backends.status import to_trainjob
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError, UnsupportedOptionError
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, runtimes_from

@@ -16,12 +16,13 @@ from typing import Any
 
 from prefect_kubeflow import constants
 from prefect_kubeflow._version import __version__
-from prefect_kubeflow.backends.base import JobRecord, JobSpec, NodeState, exit_header
+from prefect_kubeflow.backends.base import JobRecord, JobSpec
 from prefect_kubeflow.backends.kubernetes import bootstrap
+from prefect_kubeflow.backends.status import NodeState, exit_header
 from prefect_kubeflow.backends.torchrun import ENTRYPOINT, pip_install_command
 from prefect_kubeflow.errors import BackendError, InvalidInputError
 from prefect_kubeflow.options import RESERVED_MANAGER
-from prefect_kubeflow.types import gpu_count
+from prefect_kubeflow.resources import gpu_count
 
 KIND = "TrainJob"
 RUNTIME_KIND = "ClusterTrainingRuntime"
