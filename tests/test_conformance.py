@@ -38,7 +38,7 @@ from prefect_kubeflow import (
     TrainJobTaskRunner,
 )
 from prefect_kubeflow.backends import processes
-from prefect_kubeflow.backends.base import restart_pending
+from prefect_kubeflow.backends.status import restart_pending
 from prefect_kubeflow.constants import constants
 from prefect_kubeflow.errors import (
     InvalidInputError,
@@ -94,6 +94,28 @@ def _api_lines(flow_run_id, node: str, containing: str) -> list[str]:
         60,
         f"{node}'s lines in the API",
     )
+
+
+def _in_a_second_interpreter(harness, body: str, *args: str) -> str:
+    """Run `body` in another Python process, with ``config`` the harness's backend config read
+    back from JSON and ``sys.argv[1:]`` = `args`; what it printed."""
+    script = (
+        "import json, os, sys\n"
+        "from prefect_kubeflow.blocks import TrainingBackendConfig\n"
+        "config = TrainingBackendConfig.model_validate(json.loads(os.environ['PK_CONFIG']))\n"
+        + body
+    )
+    config = harness.config().model_dump(mode="json", context={"include_secrets": True})
+    ran = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=TESTS_DIR,
+        env={**os.environ, "PK_CONFIG": json.dumps(config)},
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout
 
 
 def _ranks_started(client, name: str, count: int) -> None:
@@ -155,30 +177,18 @@ def test_ddp_trains_on_two_nodes_and_every_line_reaches_prefect(client, harness)
 def test_list_and_get_from_a_second_interpreter(client, harness):
     name = client.train(trainer=CustomTrainer(func=print_env, env={"PK_TEST_VAR": "x $(true)"}))
     client.wait_for_job_status(name, timeout=300, polling_interval=0.2)
-    script = (
-        "import json, sys\n"
+    body = (
         "from prefect_kubeflow import TrainerClient\n"
-        "from prefect_kubeflow.blocks import TrainingBackendConfig\n"
-        "config = TrainingBackendConfig.model_validate(json.loads(sys.argv[1]))\n"
         "client = TrainerClient(backend_config=config)\n"
-        "job = client.get_job(sys.argv[2])\n"
+        "job = client.get_job(sys.argv[1])\n"
         "print(json.dumps({'names': [j.name for j in client.list_jobs()], 'status': job.status,"
         " 'steps': [[s.name, s.status] for s in job.steps],"
-        " 'lines': list(client.get_job_logs(sys.argv[2])),"
+        " 'lines': list(client.get_job_logs(sys.argv[1])),"
         " 'events': [[e.reason, e.involved_object_name]"
-        " for e in client.get_job_events(sys.argv[2])]"
+        " for e in client.get_job_events(sys.argv[1])]"
         "}))\n"
     )
-    config = harness.config().model_dump(mode="json", context={"include_secrets": True})
-    seen = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(config), name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=TESTS_DIR,
-    )
-    assert seen.returncode == 0, seen.stderr
-    seen = json.loads(seen.stdout)
+    seen = json.loads(_in_a_second_interpreter(harness, body, name))
     assert seen["names"] == [name]
     assert seen["status"] == constants.TRAINJOB_COMPLETE
     assert seen["steps"] == [["node-0", constants.STEP_SUCCEEDED]]
@@ -534,10 +544,13 @@ def test_job_options_name_label_and_annotate_jobs(client, harness):
 
 @pytest.mark.parametrize("how", ["delete", "cancel", "lost watcher"])
 def test_delete_cancel_or_a_lost_watcher_stop_a_job_between_attempts(client, harness, how):
-    if harness.id == "kubernetes":
-        pytest.skip("Kubernetes refuses max_restarts (tested above)")
+    trainer = CustomTrainer(func=fail_on_rank, num_nodes=2, max_restarts=3)
+    if harness.id == "kubernetes":  # no job with restarts exists there: nothing to stop
+        with pytest.raises(UnsupportedOptionError, match=r"failurePolicy\.maxRestarts"):
+            client.build_spec(trainer)
+        return
     # Created with no flow watching it: its failed attempt waits for a restart nobody makes.
-    spec = client.build_spec(CustomTrainer(func=fail_on_rank, num_nodes=2, max_restarts=3))
+    spec = client.build_spec(trainer)
     client.backend.create(spec)
     name = spec.name
     wait_for(
@@ -563,22 +576,10 @@ def test_delete_cancel_or_a_lost_watcher_stop_a_job_between_attempts(client, har
         why = "asked to stop"
         assert "Cancelled" in [e.reason for e in client.get_job_events(name)]
     else:  # its watcher (a flow's process) records itself, then dies before restarting it
-        config = harness.config().model_dump(mode="json", context={"include_secrets": True})
-        script = (
-            "import json, sys, os\n"
-            "from prefect_kubeflow.blocks import TrainingBackendConfig\n"
-            "config = TrainingBackendConfig.model_validate(json.loads(sys.argv[1]))\n"
-            "config.get_backend().record_watcher(sys.argv[2])\n"
-            "print(os.getpid())\n"
-        )
-        watcher = subprocess.run(
-            [sys.executable, "-c", script, json.dumps(config), name],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        why = f"the process watching it (pid {watcher.stdout.strip()}) ended before restarting it"
+        pid = _in_a_second_interpreter(
+            harness, "config.get_backend().record_watcher(sys.argv[1])\nprint(os.getpid())\n", name
+        ).strip()
+        why = f"the process watching it (pid {pid}) ended before restarting it"
     job = client.get_job(name)
     assert job.status == constants.TRAINJOB_FAILED and job.attempt == 0
     assert job.message.startswith(f"not restarted: {why}; node-1 exited with 1"), job.message
