@@ -23,6 +23,7 @@ from prefect_kubeflow.errors import (
     UnsupportedOptionError,
 )
 from prefect_kubeflow.flows import runs, supervisor
+from prefect_kubeflow.flows.gang import cancel_job
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.interleave import interleave
 from prefect_kubeflow.jobspecs import build_spec
@@ -309,7 +310,9 @@ class TrainerClient:
         """
         job = self.backend.get(name)
         flow_run = runs.find_flow_runs([name]).get(name)
-        if flow_run is not None and not is_active(job.status):
+        if is_active(job.status):  # stopped as a cancel from Prefect stops it: one path
+            cancel_job(self.backend, name, "deleted by delete_job")
+        elif flow_run is not None:
             # Ended: its flow run may still be forwarding the last lines; let it finish.
             flow_run = runs.await_final(flow_run, timeout=DELETE_SETTLE_SECONDS)
         self.backend.delete(name)

@@ -14,12 +14,20 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
-from conftest import flow_run_of, read_task_run_logs, supervisor_of, task_run_states, wait_for
+from conftest import (
+    flow_run_of,
+    read_task_run_logs,
+    supervisor_of,
+    task_run_states,
+    wait_for,
+)
 from harnesses import HARNESSES
 from prefect import flow, task
 from prefect.client.orchestration import get_client
+from prefect.states import Cancelling
 from training_functions import (
     ddp_report,
     ddp_result,
@@ -50,6 +58,7 @@ from prefect_kubeflow.errors import (
     UnsupportedOptionError,
 )
 from prefect_kubeflow.flows import runs, supervisor
+from prefect_kubeflow.flows.cancellation import CANCELLED_FROM_PREFECT
 from prefect_kubeflow.flows.gang import restart_gang
 from prefect_kubeflow.flows.trainjob import run_trainjob
 from prefect_kubeflow.options import Annotations, Labels, Name, TrainerCommand
@@ -573,16 +582,73 @@ def test_delete_cancel_or_a_lost_watcher_stop_a_job_between_attempts(client, har
         return
     if how == "cancel":
         client.backend.cancel(name, "asked to stop")
-        why = "asked to stop"
         assert "Cancelled" in [e.reason for e in client.get_job_events(name)]
+        assert client.backend.cancelled(name) == "asked to stop"
+        why = "asked to stop; node-1 exited with 1"
     else:  # its watcher (a flow's process) records itself, then dies before restarting it
         pid = _in_a_second_interpreter(
             harness, "config.get_backend().record_watcher(sys.argv[1])\nprint(os.getpid())\n", name
         ).strip()
-        why = f"the process watching it (pid {pid}) ended before restarting it"
+        why = f"not restarted: the process watching it (pid {pid}) ended before restarting it"
+        why += "; node-1 exited with 1"
     job = client.get_job(name)
     assert job.status == constants.TRAINJOB_FAILED and job.attempt == 0
-    assert job.message.startswith(f"not restarted: {why}; node-1 exited with 1"), job.message
+    assert job.message.startswith(why), job.message
     assert restart_gang(client.backend, name) == job  # no restart follows
     client.backend.delete(name)  # no flow run to end: removed here
+    assert harness.leftovers(name) == []
+
+
+def _cancel_from_prefect(flow_run_id) -> float:
+    """Ask for the flow run to stop as the Prefect UI's Cancel button does; when (monotonic)."""
+    with get_client(sync_client=True) as prefect:
+        prefect.set_flow_run_state(flow_run_id, Cancelling(message="from the UI"))
+    return time.monotonic()
+
+
+def _assert_cancelled_from_prefect(client, harness, name: str, asked: float) -> None:
+    """Every node stopped (and how soon is printed), the job Failed "cancelled from Prefect",
+    its flow run and node task runs Cancelled."""
+    wait_for(lambda: harness.running(name) == [], 60, "every node to stop")
+    print(f"{harness.id}: nodes gone {time.monotonic() - asked:.1f} s after the cancel")
+    job = client.get_job(name)
+    assert job.status == constants.TRAINJOB_FAILED, job
+    assert job.message.startswith(CANCELLED_FROM_PREFECT), job.message
+    run = flow_run_of(name, final=True)
+    assert run.state.is_cancelled(), run.state
+    assert task_run_states(run.id) == {"node-0": "CANCELLED", "node-1": "CANCELLED"}
+    assert "Cancelled" in [event.reason for event in client.get_job_events(name)]
+
+
+def test_cancel_from_prefect_stops_every_node(client, harness):
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    _ranks_started(client, name, 2)
+    pid, start = supervisor_of(name)
+    asked = _cancel_from_prefect(flow_run_of(name).id)
+    _assert_cancelled_from_prefect(client, harness, name, asked)
+    wait_for(lambda: not processes.is_alive(pid, start), 60, "the supervisor to exit")
+
+
+@pytest.mark.parametrize("cancelled", ["parent", "own"])
+def test_cancel_from_prefect_stops_a_subflows_job(harness, cancelled):
+    config = harness.config()
+    client = TrainerClient(backend_config=config)
+
+    @flow(name="nightly-training")
+    def nightly() -> str:
+        return client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+
+    states = []
+    parent = threading.Thread(target=lambda: states.append(nightly(return_state=True)))
+    parent.start()
+    name = wait_for(lambda: [job.name for job in client.list_jobs()], 120, "the job")[0]
+    _ranks_started(client, name, 2)
+    child = flow_run_of(name)
+    with get_client(sync_client=True) as prefect:
+        parent_run_id = prefect.read_task_run(child.parent_task_run_id).flow_run_id
+    asked = _cancel_from_prefect(parent_run_id if cancelled == "parent" else child.id)
+    _assert_cancelled_from_prefect(client, harness, name, asked)
+    parent.join(120)
+    assert not parent.is_alive() and not states[0].is_completed()
+    client.delete_job(name)
     assert harness.leftovers(name) == []

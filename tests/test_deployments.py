@@ -263,3 +263,53 @@ def test_the_flow_serves_without_a_work_pool(server, tmp_path):
         [child] = _children(server, run.id)
         assert jobs.get_job(child.name).num_nodes == 1
         assert jobs.get_job_result(child.name)["world_size"] == 1
+
+
+def test_cancelling_a_served_run_stops_its_trainjobs_nodes(server, tmp_path):
+    """The UI's Cancel on a deployment's run: the runner signals the flow's process (SIGTERM),
+    whose TrainJob subflow stops every node before the process ends."""
+    served = ["deployments/training.py"]
+    with _running(server, tmp_path, served, "serve.log", PREFECT_RUNNER_POLL_FREQUENCY="2") as jobs:
+        [deployment] = wait_for(
+            lambda: [
+                d
+                for d in _api(server, lambda c: c.read_deployments())
+                if d.name == "served-every-6-hours"
+            ],
+            180,
+            "the served deployment",
+        )
+        _prefect(
+            server,
+            tmp_path,
+            "deployment",
+            "run",
+            "train-model/served-every-6-hours",
+            "--param",
+            "function=tests.training_functions:sleep_forever",
+        )
+        name = wait_for(lambda: [job.name for job in jobs.list_jobs()], 180, "the TrainJob")[0]
+        wait_for(
+            lambda: sum("started" in line for line in jobs.get_job_logs(name)) >= 2,
+            180,
+            "both nodes to start",
+        )
+        [parent] = [r for r in _runs_of(server, deployment.id) if r.state.is_running()]
+        _prefect(server, tmp_path, "flow-run", "cancel", str(parent.id))
+        job = wait_for(
+            lambda: (j := jobs.get_job(name)).status == constants.TRAINJOB_FAILED and j,
+            60,
+            "the job to stop",
+        )
+        assert job.message.startswith("cancelled from Prefect"), job.message
+
+        def ended(flow_run_id):
+            run = _api(server, lambda c: c.read_flow_run(flow_run_id))
+            return run if run.state.is_final() else None
+
+        run = wait_for(lambda: ended(parent.id), 120, "the deployment's run to end")
+        assert run.state.is_cancelled(), run.state
+        [child] = _children(server, parent.id)
+        assert child.name == name and ended(child.id).state.is_cancelled()
+        jobs.delete_job(name)
+    assert jobs.list_jobs() == []

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import flow_run_of, local_job_id, wait_for
+from conftest import flow_run_of, local_job_id, supervisor_of, wait_for
 from prefect.settings import PREFECT_API_URL
 from training_functions import many_lines, print_env, sleep_forever, wait_for_file
 
@@ -173,3 +173,26 @@ def test_jobs_read_and_delete_with_the_prefect_api_down(client, jobs_dir):
         assert len(list(client.get_job_logs(name))) >= 5
         client.delete_job(name)
     assert not (jobs_dir / name).exists()
+
+
+def test_sigterm_to_the_flows_process_stops_every_node(client, jobs_dir):
+    """A runner or worker cancelling a run sends SIGTERM to the flow's process only: the flow
+    stops the nodes (in their own sessions) before it ends."""
+    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
+    wait_for(
+        lambda: sum("started" in line for line in client.get_job_logs(name)) >= 2,
+        120,
+        "both ranks to start",
+    )
+    pid, start = supervisor_of(name)
+    os.kill(pid, signal.SIGTERM)
+    job = wait_for(
+        lambda: (j := client.get_job(name)).status == constants.TRAINJOB_FAILED and j,
+        60,
+        "the job to stop",
+    )
+    assert job.message.startswith("stopped: the process running its flow was sent SIGTERM")
+    wait_for(lambda: not processes.is_alive(pid, start), 60, "the flow's process to exit")
+    assert not processes.find_marked(local_job_id(jobs_dir, name))
+    assert flow_run_of(name, final=True).state.is_final()
+    client.delete_job(name)

@@ -211,6 +211,10 @@ class Backend(ABC):
         self.record_event(name, "Cancelled", message)
         self.stop(name)
 
+    def cancelled(self, name: str) -> str | None:
+        """Why the job was cancelled (`cancel`'s message); None if it was not, or is gone."""
+        return None
+
     def record_watcher(self, name: str) -> None:
         """Record this process as the job's watcher, where the engine keeps the job: once it
         is gone, a failed attempt reads Failed instead of waiting for a restart (engines that

@@ -195,11 +195,8 @@ def record_watcher(node_dir: Path) -> None:
 
 
 def no_restart_reason(node_dir: Path) -> str | None:
-    """Why a failed attempt is not restarted although restarts remain: the job was cancelled,
-    or the process watching it is gone (nobody would restart it). None: it will be."""
-    cancelled = read_cancelled(node_dir)
-    if cancelled is not None:
-        return cancelled
+    """Why a failed attempt is not restarted although restarts remain: the process watching
+    it is gone (nobody would restart it). None: it will be (a cancel is `read_cancelled`'s)."""
     try:
         watcher = json.loads((node_dir / WATCHER_FILE).read_text())
     except (OSError, ValueError):

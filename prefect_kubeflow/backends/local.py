@@ -239,7 +239,9 @@ class LocalProcessBackend(Backend):
             return node_failure(job_dir, rank, ended["code"], job.record.nproc_per_node)
 
         restarts, no_restart = read_restarts(job_dir), no_restart_reason(job_dir)
-        return to_trainjob(job.record, nodes, failure, restarts, no_restart)
+        return to_trainjob(
+            job.record, nodes, failure, restarts, no_restart, read_cancelled(job_dir)
+        )
 
     def node_logs(
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None
@@ -340,6 +342,11 @@ class LocalProcessBackend(Backend):
         if job_dir is not None:
             mark_cancelled(job_dir, message)
         super().cancel(name, message)
+
+    def cancelled(self, name: str) -> str | None:
+        """Why the job was cancelled, from its folder."""
+        job_dir = self._dir(name)
+        return None if job_dir is None else read_cancelled(job_dir)
 
     def delete(self, name: str) -> bool:
         """Stop the host and every node process, then remove the job's folder; also finish

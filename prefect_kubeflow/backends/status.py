@@ -84,11 +84,14 @@ def to_trainjob(
     failure: Callable[[int], str],
     restarts: Sequence[Restart] = (),
     no_restart: str | None = None,
+    cancelled: str | None = None,
 ) -> TrainJob:
     """The `TrainJob` every backend returns: steps from `nodes`, the rolled-up status, and for a
     Failed job the message `failure(index)` of the node that failed first. A failed attempt
     with restarts left (`record.max_restarts` > the `restarts` so far) reads Running: the job
-    is restarting, and says why; unless `no_restart` says why none will come (a cancel)."""
+    is restarting, and says why; unless `no_restart` says why none will come. A job
+    `cancelled` (why: `Backend.cancel`'s message) is never restarted, and its message starts
+    with why it was cancelled."""
     steps = [
         Step(
             name=f"{constants.NODE}-{index}",
@@ -104,7 +107,9 @@ def to_trainjob(
     if status == constants.TRAINJOB_FAILED:
         failed = [i for i, node in enumerate(nodes) if node.phase == constants.STEP_FAILED]
         message = failure(min(failed, key=lambda i: nodes[i].ended_at))
-        if len(restarts) < record.max_restarts and no_restart is not None:
+        if cancelled is not None:
+            message = f"{cancelled}; {message}"
+        elif len(restarts) < record.max_restarts and no_restart is not None:
             message = f"not restarted: {no_restart}; {message}"
         elif len(restarts) < record.max_restarts:
             status = constants.TRAINJOB_RUNNING

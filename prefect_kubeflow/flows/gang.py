@@ -91,12 +91,19 @@ def restart_gang(backend: Backend, name: str) -> TrainJob | None:
             return None  # deleted meanwhile
         except (BackendError, OSError) as exc:  # no job may wait for a restart never to come
             logger.warning("TrainJob %s could not restart: %s", name, exc)
-            try:
-                backend.cancel(name, f"the gang could not restart: {exc}")
-            except (BackendError, JobNotFoundError, OSError) as cancel_error:
-                logger.warning("TrainJob %s could not be cancelled: %s", name, cancel_error)
+            cancel_job(backend, name, f"the gang could not restart: {exc}")
         job = backend.describe(name)
     return job
+
+
+def cancel_job(backend: Backend, name: str, message: str) -> None:
+    """Stop every node of the job for good, saying why (`Backend.cancel`): the one path of a
+    cancel from Prefect, a delete, and a gang that cannot restart. A failure to is logged."""
+    logger.info("TrainJob %s: %s; stopping every node", name, message)
+    try:
+        backend.cancel(name, message)
+    except (BackendError, JobNotFoundError, OSError) as exc:
+        logger.warning("TrainJob %s could not be cancelled: %s", name, exc)
 
 
 def watch_gang(backend: Backend, name: str) -> TrainJob | None:

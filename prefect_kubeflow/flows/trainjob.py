@@ -15,31 +15,47 @@ from uuid import UUID
 from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.context import FlowRunContext, TagsContext, TaskRunContext
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.flow_engine import run_flow_sync
 from prefect.futures import wait
 from prefect.runtime import flow_run as flow_run_runtime
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Cancelled, Pending
+from prefect.states import Cancelled, Pending, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import Backend, JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.status import is_active, restart_pending
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
-from prefect_kubeflow.flows.gang import finish, record_watcher, remove, restart_gang, watch_node
+from prefect_kubeflow.flows.cancellation import (
+    CANCELLED_FROM_PREFECT,
+    is_cancelling,
+    watch_for_cancellation,
+)
+from prefect_kubeflow.flows.gang import (
+    cancel_job,
+    finish,
+    record_watcher,
+    remove,
+    restart_gang,
+    watch_node,
+)
 from prefect_kubeflow.flows.logs import forward_lines
 from prefect_kubeflow.flows.runs import label_flow_run
+from prefect_kubeflow.types import TrainJob
 
 MAX_NODES = 256
 PARENT_TASK_RUN_TIMEOUT = 60.0
 
 
 @task(name="node", task_run_name="node-{node_index}")
-def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConfig) -> str | None:
-    """Watch one node until it ends, forwarding its log; fail (and stop the job) on failure."""
+def run_node(
+    job_name: str, node_index: int, backend_config: TrainingBackendConfig
+) -> str | State[Any] | None:
+    """Watch one node until it ends, forwarding its log; fail (and stop the job) on failure,
+    end Cancelled when the job was cancelled or deleted."""
     context = TaskRunContext.get()
     assert context is not None and context.task_run.flow_run_id is not None
     flow_run_id, task_run_id = context.task_run.flow_run_id, context.task_run.id
@@ -48,10 +64,25 @@ def run_node(job_name: str, node_index: int, backend_config: TrainingBackendConf
     def forward(lines: Iterable[LogLine]) -> None:
         forward_lines(lines, flow_run_id, task_run_id, node)
 
-    phase = watch_node(backend_config.get_backend(), job_name, node_index, forward)
+    backend = backend_config.get_backend()
+    phase = watch_node(backend, job_name, node_index, forward)
+    if phase is None:
+        return Cancelled(message=f"TrainJob {job_name!r} was deleted")
     if phase == constants.STEP_FAILED:
+        cancelled = _why_cancelled(backend, job_name)
+        if cancelled is not None:
+            return Cancelled(message=f"TrainJob {job_name!r}: {cancelled}")
         raise JobFailedError(job_name, f"{node} failed")
     return phase
+
+
+def _why_cancelled(backend: Backend, name: str) -> str | None:
+    """Why the ended job was stopped on purpose (cancelled, or deleted meanwhile); None when
+    it ended by itself."""
+    cancelled = backend.cancelled(name)
+    if cancelled is None and backend.describe(name) is None:
+        return "it was deleted"
+    return cancelled
 
 
 def _node_task(node_index: int, attempt: int) -> Any:
@@ -102,34 +133,34 @@ def trainjob(
         backend.ensure_created(job)
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
-    label_flow_run(context.flow_run.id, name)
+    flow_run_id = context.flow_run.id
+    label_flow_run(flow_run_id, name)
     try:
-        backend.record_flow_run(name, str(context.flow_run.id))
+        backend.record_flow_run(name, str(flow_run_id))
     except BackendError as exc:  # a link for people to follow; the job runs without it
         get_run_logger().warning("could not record the flow run on TrainJob %s: %s", name, exc)
     final = backend.describe(name)
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
     record_watcher(backend, name)  # this process restarts the gang
-    while final is not None:
-        wait(
-            [
-                _node_task(i, final.attempt).submit(name, i, backend_config)
-                for i in range(final.num_nodes)
-            ]
-        )
-        final = backend.describe(name)
-        if final is None or not restart_pending(final):
-            break
-        final = restart_gang(backend, name)  # the next attempt: new node-<i> task runs
-        if final is None or not is_active(final.status):  # it could not restart
-            break
-    # Still running here only if a node's task ended before its node (an engine error).
-    final = finish(backend, name, auto_remove=False)
+    with watch_for_cancellation(
+        flow_run_id, lambda: cancel_job(backend, name, CANCELLED_FROM_PREFECT)
+    ):
+        try:
+            _run_attempts(backend_config, name, final)
+            # Still running here only if a node's task ended before its node (an engine error).
+            final = finish(backend, name, auto_remove=False)
+        except (TerminationSignal, KeyboardInterrupt) as exc:
+            # A runner or worker cancelling the run signals this process only, never the nodes.
+            cancel_job(backend, name, _why_interrupted(exc, flow_run_id))
+            raise
     if final is None:
         return Cancelled(message=f"TrainJob {name!r} was deleted")
     try:
         if final.status != constants.TRAINJOB_COMPLETE:
+            cancelled = _why_cancelled(backend, name)
+            if cancelled is not None:
+                return Cancelled(message=f"TrainJob {name!r}: {cancelled}")
             raise JobFailedError(name, final.message or f"status {final.status}")
         try:
             return backend.job_result(name)
@@ -141,6 +172,40 @@ def trainjob(
     finally:  # the result is read first: removing the job removes it
         if backend_config.auto_remove:
             remove(backend, name)
+
+
+def _run_attempts(backend_config: TrainingBackendConfig, name: str, job: TrainJob) -> None:
+    """Watch every node of each attempt in its own ``node-<i>`` task run, restarting the gang
+    while a restart is due."""
+    backend = backend_config.get_backend()
+    current: TrainJob | None = job
+    while current is not None:
+        wait(
+            [
+                _node_task(i, current.attempt).submit(name, i, backend_config)
+                for i in range(current.num_nodes)
+            ]
+        )
+        current = backend.describe(name)
+        if current is None or not restart_pending(current):
+            return
+        current = restart_gang(backend, name)  # the next attempt: new node-<i> task runs
+        if current is None or not is_active(current.status):  # it could not restart
+            return
+
+
+def _why_interrupted(exc: BaseException, flow_run_id: UUID) -> str:
+    """Why the flow's process was told to stop: a cancel from Prefect (a runner or worker
+    sends SIGTERM once the run is Cancelling), else the signal or Ctrl-C."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "stopped: the process running its flow was interrupted"
+    try:
+        with get_client(sync_client=True) as client:
+            if is_cancelling(client.read_flow_run(flow_run_id)):
+                return CANCELLED_FROM_PREFECT
+    except Exception as read_error:  # the API is down: the signal is all we know
+        get_run_logger().warning("could not read the flow run's state: %s", read_error)
+    return "stopped: the process running its flow was sent SIGTERM"
 
 
 def run_trainjob(

@@ -142,7 +142,13 @@ class ApiHandler:
             return self.logs.serve(target.namespace, target.name, req.query)
         if target.sub and not (target.sub == "status" and verb == "get"):
             raise E.method_not_allowed() if target.sub == "status" else E.unknown_resource()
-        writable = plural in ("trainjobs", "clustertrainingruntimes", "namespaces", "pods")
+        writable = plural in (
+            "trainjobs",
+            "clustertrainingruntimes",
+            "namespaces",
+            "pods",
+            "events",
+        )
         if verb == "list":
             return Response(200, self.list_response(target, req.query))
         if verb == "get":
@@ -154,7 +160,7 @@ class ApiHandler:
         if (
             not writable
             or (plural == "pods" and verb in ("create", "update", "patch"))
-            or (plural == "namespaces" and verb not in ("create",))
+            or (plural in ("namespaces", "events") and verb not in ("create",))
         ):
             raise E.method_not_allowed()
         dry_run = _dry_run(req.query)

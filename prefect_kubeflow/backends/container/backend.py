@@ -228,7 +228,8 @@ class ContainerBackend(Backend):
             return self._failure(node, job_dir, index, record.nproc_per_node)
 
         no_restart = no_restart_reason(nodes_dir(job_dir))
-        return to_trainjob(record, states, failure, restarts, no_restart)
+        cancelled = read_cancelled(nodes_dir(job_dir))
+        return to_trainjob(record, states, failure, restarts, no_restart, cancelled)
 
     def _failure(self, node: Node, job_dir: Path, index: int, nproc: int) -> str:
         """Why a node failed: the keeper's record, the out-of-memory kill, or the engine's log
@@ -367,6 +368,13 @@ class ContainerBackend(Backend):
         except JobNotFoundError:
             return  # deleted: nothing left to cancel
         super().cancel(name, message)
+
+    def cancelled(self, name: str) -> str | None:
+        """Why the job was cancelled, from its folder."""
+        try:
+            return read_cancelled(self._nodes_dir(name))
+        except JobNotFoundError:
+            return None
 
     def stop(self, name: str) -> None:
         """Stop every running container of the job now (SIGTERM, then SIGKILL after grace)."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import urllib3
@@ -149,6 +150,28 @@ class Cluster:
                 patch,
                 _preload_content=False,
                 _request_timeout=self.timeout,
+            )
+
+    def create_event(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
+        """Record a core/v1 Event about the object `involved` (its apiVersion, kind, name,
+        uid), from prefect-kubeflow."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}."},
+            "involvedObject": {**involved, "namespace": self.namespace},
+            "reason": reason,
+            "message": message,
+            "type": "Normal",
+            "source": {"component": constants.APP_NAME},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with self.errors("create", "events"):
+            self.core.create_namespaced_event(
+                self.namespace, body, _preload_content=False, _request_timeout=self.timeout
             )
 
     def delete_trainjob(self, name: str) -> bool:

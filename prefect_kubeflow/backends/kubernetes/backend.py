@@ -101,6 +101,37 @@ class KubernetesBackend(Backend):
             },
         )
 
+    def cancel(self, name: str, message: str) -> None:
+        """Annotate the TrainJob with why it is cancelled, then stop it (suspended, unless a
+        node failed already)."""
+        if self._ours(name) is None:
+            return  # deleted: nothing left to cancel
+        patch = {"metadata": {"annotations": {tj.CANCELLED_KEY: message}}}
+        self.cluster.patch_trainjob(name, patch)
+        super().cancel(name, message)
+
+    def record_event(self, name: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event about the TrainJob; a failure to is logged."""
+        trainjob = self._ours(name)
+        if trainjob is None:
+            return
+        involved = {
+            "apiVersion": constants.API_VERSION,
+            "kind": tj.KIND,
+            "name": name,
+            "uid": trainjob["metadata"].get("uid", ""),
+        }
+        try:
+            self.cluster.create_event(involved, reason, message)
+        except BackendError as exc:
+            logger.warning("could not record event %s of TrainJob %s: %s", reason, name, exc)
+
+    def cancelled(self, name: str) -> str | None:
+        """Why the job was cancelled, from its TrainJob's annotation."""
+        trainjob = self._ours(name)
+        annotations = (trainjob or {}).get("metadata", {}).get("annotations") or {}
+        return annotations.get(tj.CANCELLED_KEY)
+
     # -- reading -----------------------------------------------------------------------------
 
     def _ours(self, name: str) -> dict[str, Any] | None:
@@ -177,6 +208,18 @@ class KubernetesBackend(Backend):
             job.status = verdict
             if verdict == constants.TRAINJOB_FAILED and job.message is None:
                 job.message = _condition_message(trainjob, verdict)
+        cancelled = (trainjob["metadata"].get("annotations") or {}).get(tj.CANCELLED_KEY)
+        if cancelled is not None and job.status != constants.TRAINJOB_COMPLETE:
+            # Suspended: the operator removes its pods, whatever they were doing.
+            stopped = job.message if job.status == constants.TRAINJOB_FAILED else None
+            job.status = constants.TRAINJOB_FAILED
+            job.message = f"{cancelled}; {stopped or 'its nodes were stopped'}"
+            job.steps = [
+                step
+                if step.status == constants.STEP_SUCCEEDED
+                else replace(step, status=constants.STEP_FAILED)
+                for step in job.steps
+            ]
         return job
 
     def _log_tail(self, pod: str) -> str:

@@ -29,6 +29,7 @@ RUNTIME_KIND = "ClusterTrainingRuntime"
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 FLOW_RUN_KEY = constants.LABEL_PREFIX + "flow-run-id"
+CANCELLED_KEY = constants.LABEL_PREFIX + "cancelled"  # why Backend.cancel stopped it
 PATCH_MANAGER = RESERVED_MANAGER
 PYTHON = "python3"
 
