@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         TrainingRuntimeSource,
     )
     from prefect_kubeflow.client import TrainerClient
+    from prefect_kubeflow.progress import update_trainjob_status
     from prefect_kubeflow.task_runners import TrainJobTaskRunner
     from prefect_kubeflow.types import (
         CustomTrainer,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         Runtime,
         RuntimeTrainer,
         Step,
+        TrainerStatus,
         TrainerType,
         TrainJob,
     )
@@ -49,6 +51,8 @@ _EXPORTS = {
     "Step": "prefect_kubeflow.types",
     "TrainerType": "prefect_kubeflow.types",
     "TrainJob": "prefect_kubeflow.types",
+    "TrainerStatus": "prefect_kubeflow.types",
+    "update_trainjob_status": "prefect_kubeflow.progress",
 }
 __all__ = [
     "ContainerBackendConfig",
@@ -63,9 +67,11 @@ __all__ = [
     "TrainJob",
     "TrainJobTaskRunner",
     "TrainerClient",
+    "TrainerStatus",
     "TrainerType",
     "TrainingBackendConfig",
     "TrainingRuntimeSource",
+    "update_trainjob_status",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,9 @@ from prefect_kubeflow.types import (
     TrainJob,
 )
 
+logger = logging.getLogger(__name__)
+# How long a supervisor started for a job whose one died gets to take over its flow run.
+ADOPT_AGAIN_SECONDS = 60.0
 # How long a job's flow run gets to end by itself when the job is deleted.
 DELETE_SETTLE_SECONDS = 30.0
 
@@ -59,6 +63,7 @@ class TrainerClient:
                 f"LocalProcessBackendConfig or ContainerBackendConfig, got {backend_config!r}"
             )
         self.backend = self.backend_config.get_backend()
+        self._adopting: dict[str, float] = {}  # job -> when a supervisor was started for it
         source = self.backend_config.runtime_source
         self.runtimes = source.get_catalog() if source is not None else RuntimeCatalog()
         self.runtimes.first = self.backend.runtimes  # a cluster's runtimes come first
@@ -159,7 +164,7 @@ class TrainerClient:
         if labels is not None and not isinstance(labels, dict):
             raise InvalidInputError(f"labels must be a dict of str to str, got {labels!r}")
         jobs = self.backend.list_jobs()
-        runs.close_lost_flow_runs(job.name for job in jobs)
+        self._adopt_lost_flow_runs([job.name for job in jobs])
         if runtime is not None:
             jobs = [job for job in jobs if job.runtime.name == runtime.name]
         if labels:
@@ -168,15 +173,29 @@ class TrainerClient:
         return jobs
 
     def get_job(self, name: str) -> TrainJob:
-        """The TrainJob `name`, with its steps and status as they are now. Its flow run, if the
-        process running it died, is closed Crashed.
+        """The TrainJob `name`, with its steps and status as they are now. If the process
+        running its flow run died, a new one is started to settle it (forwarding the lines
+        the API lacks, then ending it in the job's true state).
 
         Raises:
             JobNotFoundError: No TrainJob has this name.
         """
         job = self.backend.get(name)
-        runs.close_lost_flow_runs([name])
+        self._adopt_lost_flow_runs([name])
         return job
+
+    def _adopt_lost_flow_runs(self, names: list[str]) -> None:
+        """Start a supervisor for each job whose flow run's process died: it delivers the
+        lines the API lacks and ends the flow run in the job's true state."""
+        for name in runs.lost_flow_runs(names):
+            launched = self._adopting.get(name)
+            if launched is not None and time.monotonic() - launched < ADOPT_AGAIN_SECONDS:
+                continue  # the one started a moment ago has not labelled the run yet
+            try:
+                supervisor.launch(name, self.backend_config, runs.api_url() or "", resume=True)
+                self._adopting[name] = time.monotonic()
+            except OSError as exc:
+                logger.warning("could not start a supervisor for TrainJob %s: %s", name, exc)
 
     def get_job_result(self, name: str) -> Any:
         """What rank 0's training function returned in the completed TrainJob `name` (None if

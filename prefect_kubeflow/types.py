@@ -336,6 +336,32 @@ class Restart:
 
 
 @dataclass
+class TrainerStatus:
+    """Training progress as rank 0 last reported it with `update_trainjob_status` (the
+    Trainer API's ``trainerStatus``)."""
+
+    last_updated_time: datetime
+    progress_percentage: int | None = None
+    estimated_remaining_seconds: int | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: Any) -> TrainerStatus | None:
+        """Read from its JSON form; None when there is none (or it cannot be read)."""
+        try:
+            return cls(
+                last_updated_time=datetime.fromisoformat(
+                    str(data["lastUpdatedTime"]).replace("Z", "+00:00")
+                ),
+                progress_percentage=data.get("progressPercentage"),
+                estimated_remaining_seconds=data.get("estimatedRemainingSeconds"),
+                metrics={str(m["name"]): str(m["value"]) for m in data.get("metrics") or []},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+@dataclass
 class TrainJob:
     """A TrainJob as read back from its backend's records.
 
@@ -343,7 +369,8 @@ class TrainJob:
     error lines) or why a restarting one restarts; ``labels`` and ``annotations`` are the job
     options'; ``restarts`` lists the earlier attempts (``attempt`` is the current one's
     ``TORCHELASTIC_RESTART_COUNT``); ``image_digest`` is the digest of the image the nodes ran,
-    where the engine gives one; ``uid`` tells this job from an earlier one of the same name.
+    where the engine gives one; ``uid`` tells this job from an earlier one of the same name;
+    ``trainer_status`` is the progress rank 0 last reported.
     """
 
     name: str
@@ -358,6 +385,7 @@ class TrainJob:
     restarts: list[Restart] = field(default_factory=list)
     image_digest: str | None = None
     uid: str | None = None
+    trainer_status: TrainerStatus | None = None
 
     @property
     def attempt(self) -> int:

@@ -27,13 +27,16 @@ from conftest import (
 from harnesses import HARNESSES
 from prefect import flow, task
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling
 from training_functions import (
     ddp_report,
     ddp_result,
     fail_on_rank,
     fails_first_attempt,
+    paced_lines,
     print_env,
+    reports_progress,
     returns_unpicklable,
     sleep_forever,
     wait_for_file,
@@ -300,26 +303,32 @@ def test_delete_after_the_end_leaves_nothing(client, harness):
     assert flow_run_of(name).state.is_completed()  # its history stays as it ended
 
 
-def test_a_dead_supervisor_closes_its_flow_run_crashed(client, harness):
-    name = client.train(trainer=CustomTrainer(func=sleep_forever, num_nodes=2))
-    _ranks_started(client, name, 2)
+def _node_lines_in_the_api(flow_run_id, node: str) -> list[str]:
+    if node not in task_run_states(flow_run_id):
+        return []  # its task run is not recorded yet
+    return [log.message for log in read_task_run_logs(flow_run_id, node)]
+
+
+def test_a_dead_supervisors_job_is_settled_by_the_next_read(client, harness):
+    """The process running the flow dies mid-job: the next get_job starts another, which
+    forwards the rest of the lines (each once, in order) and ends the flow run as the job."""
+    name = client.train(
+        trainer=CustomTrainer(func=paced_lines, func_args={"count": 60, "seconds": 12}, num_nodes=2)
+    )
+    flow_run = flow_run_of(name)
+    wait_for(lambda: len(_node_lines_in_the_api(flow_run.id, "node-0")) >= 5, 180, "lines")
     pid, _ = supervisor_of(name)
     os.kill(pid, signal.SIGKILL)
-    # The job lives in its engine, not in the supervisor: it still runs, and reading it
-    # closes the flow run that no process can close any more.
-    wait_for(
-        lambda: (
-            client.get_job(name).status == constants.TRAINJOB_RUNNING
-            and (run := flow_run_of(name)).state.is_crashed()
-            and run
-        ),
-        60,
-        "the flow run to be closed Crashed",
-    )
-    assert f"(pid {pid}) died" in flow_run_of(name).state.message
-    assert len(harness.running(name)) >= 2
-    client.delete_job(name)
-    assert harness.leftovers(name) == []
+    wait_for(lambda: runs.lost_flow_runs([name]) == [name], 60, "the flow run to be lost")
+    assert client.get_job(name).status == constants.TRAINJOB_RUNNING  # starts a new supervisor
+    wait_for(lambda: supervisor_of(name)[0] != pid, 60, "a new supervisor")
+    client.wait_for_job_status(name, timeout=300, polling_interval=0.5)
+    run = flow_run_of(name, final=True)
+    assert run.state.is_completed(), run.state
+    assert task_run_states(run.id) == {"node-0": "COMPLETED", "node-1": "COMPLETED"}
+    for rank in (0, 1):
+        expected = [f"rank {rank} line {i}" for i in range(60)]
+        assert _node_lines_in_the_api(run.id, f"node-{rank}") == expected
 
 
 def test_train_inside_a_flow_is_a_blocking_subflow(harness):
@@ -652,3 +661,31 @@ def test_cancel_from_prefect_stops_a_subflows_job(harness, cancelled):
     assert not parent.is_alive() and not states[0].is_completed()
     client.delete_job(name)
     assert harness.leftovers(name) == []
+
+
+def test_update_trainjob_status_reports_progress_to_get_job_and_prefect(client, harness):
+    if harness.id == "kubernetes":
+        pytest.skip("pods have no prefect-kubeflow; there the Trainer's status server gets it")
+    name = client.train(trainer=CustomTrainer(func=reports_progress, num_nodes=2))
+    client.wait_for_job_status(name, timeout=300, polling_interval=0.5)
+    lines = sorted(line for line in client.get_job_logs(name) if "reported" in line)
+    assert lines == [
+        "[node-0] rank 0 reported True False True\n",
+        "[node-1] rank 1 reported False False False\n",
+    ]
+    status = client.get_job(name).trainer_status
+    assert status is not None and status.progress_percentage == 100
+    assert status.estimated_remaining_seconds == 0
+    assert status.metrics == {"loss": "0.25", "step": "10"}
+    run = flow_run_of(name, final=True)
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    [progress] = [a for a in artifacts if a.type == "progress"]
+    assert progress.data == 100.0
+    newest = max((a for a in artifacts if a.type == "table"), key=lambda a: a.created)
+    assert json.loads(newest.data) == [
+        {"metric": "loss", "value": "0.25"},
+        {"metric": "step", "value": "10"},
+    ]

@@ -265,23 +265,25 @@ def test_the_flow_serves_without_a_work_pool(server, tmp_path):
         assert jobs.get_job_result(child.name)["world_size"] == 1
 
 
-def test_cancelling_a_served_run_stops_its_trainjobs_nodes(server, tmp_path):
-    """The UI's Cancel on a deployment's run: the runner signals the flow's process (SIGTERM),
-    whose TrainJob subflow stops every node before the process ends."""
+@contextlib.contextmanager
+def served_sleeping_trainjob(url: str, root: Path):
+    """The served deployment (a runner, no work pool) running a 2-node TrainJob that sleeps,
+    both its nodes started; yields (a client of its jobs, the job's name, the deployment's
+    run)."""
     served = ["deployments/training.py"]
-    with _running(server, tmp_path, served, "serve.log", PREFECT_RUNNER_POLL_FREQUENCY="2") as jobs:
+    with _running(url, root, served, "serve.log", PREFECT_RUNNER_POLL_FREQUENCY="2") as jobs:
         [deployment] = wait_for(
             lambda: [
                 d
-                for d in _api(server, lambda c: c.read_deployments())
+                for d in _api(url, lambda c: c.read_deployments())
                 if d.name == "served-every-6-hours"
             ],
             180,
             "the served deployment",
         )
         _prefect(
-            server,
-            tmp_path,
+            url,
+            root,
             "deployment",
             "run",
             "train-model/served-every-6-hours",
@@ -294,7 +296,19 @@ def test_cancelling_a_served_run_stops_its_trainjobs_nodes(server, tmp_path):
             180,
             "both nodes to start",
         )
-        [parent] = [r for r in _runs_of(server, deployment.id) if r.state.is_running()]
+        [run] = [r for r in _runs_of(url, deployment.id) if r.state.is_running()]
+        yield jobs, name, run
+
+
+def _ended(url: str, flow_run_id):
+    run = _api(url, lambda c: c.read_flow_run(flow_run_id))
+    return run if run.state.is_final() else None
+
+
+def test_cancelling_a_served_run_stops_its_trainjobs_nodes(server, tmp_path):
+    """The UI's Cancel on a deployment's run: the runner signals the flow's process (SIGTERM),
+    whose TrainJob subflow stops every node before the process ends."""
+    with served_sleeping_trainjob(server, tmp_path) as (jobs, name, parent):
         _prefect(server, tmp_path, "flow-run", "cancel", str(parent.id))
         job = wait_for(
             lambda: (j := jobs.get_job(name)).status == constants.TRAINJOB_FAILED and j,
@@ -302,14 +316,9 @@ def test_cancelling_a_served_run_stops_its_trainjobs_nodes(server, tmp_path):
             "the job to stop",
         )
         assert job.message.startswith("cancelled from Prefect"), job.message
-
-        def ended(flow_run_id):
-            run = _api(server, lambda c: c.read_flow_run(flow_run_id))
-            return run if run.state.is_final() else None
-
-        run = wait_for(lambda: ended(parent.id), 120, "the deployment's run to end")
+        run = wait_for(lambda: _ended(server, parent.id), 120, "the deployment's run to end")
         assert run.state.is_cancelled(), run.state
         [child] = _children(server, parent.id)
-        assert child.name == name and ended(child.id).state.is_cancelled()
+        assert child.name == name and _ended(server, child.id).state.is_cancelled()
         jobs.delete_job(name)
     assert jobs.list_jobs() == []

@@ -135,3 +135,28 @@ def fails_first_attempt(rank_to_fail: int = 1):
             raise ValueError(f"first attempt fails on rank {rank}")
         time.sleep(300)  # until the gang is torn down
     return attempt
+
+
+def paced_lines(count: int = 100, seconds: float = 15.0):
+    """`count` numbered lines evenly over `seconds`, each flushed at once."""
+    import os
+    import time
+
+    rank = os.environ["RANK"]
+    for i in range(count):
+        print(f"rank {rank} line {i}", flush=True)
+        time.sleep(seconds / count)
+
+
+def reports_progress():
+    """Reports progress twice (a third report, too soon after the first, is throttled)."""
+    import os
+    import time
+
+    from prefect_kubeflow import update_trainjob_status
+
+    first = update_trainjob_status(50, 6, {"loss": 0.5})
+    throttled = update_trainjob_status(60)
+    time.sleep(5.5)
+    last = update_trainjob_status(100, 0, {"loss": 0.25, "step": 10})
+    print(f"rank {os.environ['RANK']} reported {first} {throttled} {last}", flush=True)

@@ -22,6 +22,9 @@ RESULT_FILE = "result.pkl"
 # sets TORCHELASTIC_RESTART_COUNT to its own (per-agent) count; the function sees the sum.
 RESTART_COUNT_ENV = "PREFECT_KUBEFLOW_RESTART_COUNT"
 TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+# Where rank 0's progress reports (`prefect_kubeflow.update_trainjob_status`) go.
+STATUS_FILE_ENV = "PREFECT_KUBEFLOW_STATUS_FILE"
+STATUS_FILE = "trainer-status.json"
 
 
 def _die_with_parent() -> None:
@@ -38,6 +41,7 @@ def _die_with_parent() -> None:
 def main(job_dir: str) -> None:
     """Load the function and its arguments from `job_dir` and call it."""
     _die_with_parent()
+    os.environ[STATUS_FILE_ENV] = os.path.join(job_dir, STATUS_FILE)
     restarts = int(os.environ.get(RESTART_COUNT_ENV) or 0)
     os.environ[TORCHELASTIC_RESTART_COUNT] = str(
         restarts + int(os.environ.get(TORCHELASTIC_RESTART_COUNT) or 0)

@@ -17,12 +17,12 @@ from typing import Any
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
 from prefect_kubeflow.backends.base import JobSpec
-from prefect_kubeflow.backends.entrypoint import RESULT_FILE
+from prefect_kubeflow.backends.entrypoint import RESULT_FILE, STATUS_FILE
 from prefect_kubeflow.backends.eventlog import EVENTS_FILE, NODE_KIND, append_event
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.backends.status import exit_header
 from prefect_kubeflow.files import write_json_atomic
-from prefect_kubeflow.types import Event, Restart
+from prefect_kubeflow.types import Event, Restart, TrainerStatus
 
 
 def write_function(job_dir: Path, spec: JobSpec) -> None:
@@ -173,8 +173,10 @@ CANCELLED_FILE = "cancelled"
 
 
 def mark_cancelled(node_dir: Path, message: str) -> None:
-    """Record that the job was cancelled (why): no gang restart follows."""
-    (node_dir / CANCELLED_FILE).write_text(message)
+    """Record that the job was cancelled (why): no gang restart follows. The first reason
+    stays (a cancel from Prefect, then the SIGTERM that follows it, say the same)."""
+    with contextlib.suppress(FileExistsError), open(node_dir / CANCELLED_FILE, "x") as file:
+        file.write(message)
 
 
 def read_cancelled(node_dir: Path) -> str | None:
@@ -183,6 +185,15 @@ def read_cancelled(node_dir: Path) -> str | None:
         return (node_dir / CANCELLED_FILE).read_text()
     except FileNotFoundError:
         return None
+
+
+def read_trainer_status(node_dir: Path) -> TrainerStatus | None:
+    """What rank 0 last reported with `update_trainjob_status`; None before any report."""
+    try:
+        data = json.loads((node_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return TrainerStatus.from_api(data)
 
 
 WATCHER_FILE = "watcher.json"

@@ -44,6 +44,7 @@ from prefect_kubeflow.backends.jobfiles import (
     read_exit,
     read_restarts,
     read_result,
+    read_trainer_status,
     record_watcher,
     restarted_message,
     write_function,
@@ -239,9 +240,11 @@ class LocalProcessBackend(Backend):
             return node_failure(job_dir, rank, ended["code"], job.record.nproc_per_node)
 
         restarts, no_restart = read_restarts(job_dir), no_restart_reason(job_dir)
-        return to_trainjob(
+        trainjob = to_trainjob(
             job.record, nodes, failure, restarts, no_restart, read_cancelled(job_dir)
         )
+        trainjob.trainer_status = read_trainer_status(job_dir)
+        return trainjob
 
     def node_logs(
         self, name: str, node_index: int, follow: bool = False, tail_lines: int | None = None

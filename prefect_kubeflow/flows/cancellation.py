@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -59,7 +60,12 @@ class CancellationWatch:
         self.cancelled = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stopped = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="cancellation-watch", daemon=True)
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,  # this run's Prefect settings
+            args=(self._run,),
+            name="cancellation-watch",
+            daemon=True,
+        )
 
     def start(self) -> None:
         """Start watching in a thread of its own."""
@@ -82,7 +88,13 @@ class CancellationWatch:
 
     async def _watch(self) -> None:
         async with get_client() as client:
-            ids = await lineage(client, await client.read_flow_run(self.flow_run_id))
+            try:
+                ids = await lineage(client, await client.read_flow_run(self.flow_run_id))
+            except Exception as exc:  # the API hiccuped: watch this run alone
+                logger.warning(
+                    "could not read the parents of flow run %s: %s", self.flow_run_id, exc
+                )
+                ids = [self.flow_run_id]
             stopped = asyncio.ensure_future(self._stopped.wait())
             watching = asyncio.ensure_future(self._until_cancelled(client, ids))
             await asyncio.wait([stopped, watching], return_when=asyncio.FIRST_COMPLETED)

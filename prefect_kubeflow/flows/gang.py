@@ -20,6 +20,7 @@ ENDED = (constants.STEP_SUCCEEDED, constants.STEP_FAILED)
 # How long a node whose log has ended may still read as running (a container whose keeper
 # has written its exit but not yet exited).
 SETTLE_SECONDS = 60.0
+READ_ATTEMPTS = 5
 logger = logging.getLogger(__name__)
 
 
@@ -54,7 +55,7 @@ def watch_node(
         phase = job.steps[node_index].status or constants.UNKNOWN
         if phase not in ENDED:
             time.sleep(0.1)
-    if phase == constants.STEP_FAILED:
+    if phase == constants.STEP_FAILED and why_cancelled(backend, name) is None:
         node = f"{constants.NODE}-{node_index}"
         stop_gang(backend, name, "GangTeardown", f"{node} failed: stopping every node of the gang")
     return phase
@@ -144,3 +145,18 @@ def remove(backend: Backend, name: str) -> None:
         backend.delete(name)
     except (BackendError, OSError) as exc:
         logger.warning("auto_remove could not remove TrainJob %s: %s", name, exc)
+
+
+def why_cancelled(backend: Backend, name: str) -> str | None:
+    """Why the ended job was stopped on purpose (cancelled, or deleted meanwhile); None when
+    it ended by itself."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            cancelled = backend.cancelled(name)
+            if cancelled is None and backend.describe(name) is None:
+                return "it was deleted"
+            return cancelled
+        except BackendError as exc:  # the engine hiccuped: the record is still there
+            logger.warning("reading TrainJob %s failed (%s); trying again", name, exc)
+            time.sleep(attempt + 1)
+    return backend.cancelled(name)

@@ -2,7 +2,7 @@
 
 A job's flow run is named after the job, tagged ``prefect-kubeflow`` and labelled with the job
 and with the process running it (``host:pid:start``). A flow run whose process died cannot
-close itself: reading the job closes it Crashed, on every backend.
+close itself: reading the job starts a new process that settles it, on every backend.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Cancelled, Crashed, State
+from prefect.states import Cancelled, State
 
 from prefect_kubeflow import constants
 from prefect_kubeflow.backends import processes
@@ -59,6 +59,13 @@ def process_died(identity: str) -> bool:
     return not processes.is_alive(int(pid), int(start))
 
 
+def node_task_run_name(node_index: int, attempt: int) -> str:
+    """A node's task run: ``node-<i>`` on the first attempt, ``node-<i> (attempt n)`` after
+    gang restarts, so each attempt shows in the Prefect UI."""
+    name = f"{constants.NODE}-{node_index}"
+    return name + (f" (attempt {attempt + 1})" if attempt else "")
+
+
 def label_flow_run(flow_run_id: UUID, job_name: str) -> None:
     """Mark the flow run as job `job_name`'s, run by this process."""
     with get_client(sync_client=True) as client:
@@ -74,9 +81,10 @@ def api_url() -> str | None:
 
 
 @contextmanager
-def _prefect_api() -> Iterator[SyncPrefectClient | None]:
+def _prefect_api(strict: bool = False) -> Iterator[SyncPrefectClient | None]:
     """A client of the Prefect API at hand (None when there is none). An API that does not
-    answer ends the block with a warning, not an error: a job's views never depend on Prefect."""
+    answer ends the block with a warning, not an error (a job's views never depend on
+    Prefect), unless `strict`."""
     url = api_url()
     if not url:
         yield None
@@ -85,6 +93,8 @@ def _prefect_api() -> Iterator[SyncPrefectClient | None]:
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             yield client
     except httpx.HTTPError as exc:
+        if strict:
+            raise
         logger.warning("the Prefect API at %s did not answer: %s", url, exc)
 
 
@@ -97,11 +107,12 @@ def supervisor_of(run: FlowRun) -> tuple[str, int, int] | None:
     return identity, int(parts[1]), int(parts[2])
 
 
-def find_flow_runs(names: Iterable[str]) -> dict[str, FlowRun]:
-    """The newest flow run of each job in `names` that has one; {} with no API at hand."""
+def find_flow_runs(names: Iterable[str], strict: bool = False) -> dict[str, FlowRun]:
+    """The newest flow run of each job in `names` that has one; {} with no API at hand (or
+    answering: `strict` raises then)."""
     names = list(names)
     runs: list[FlowRun] = []
-    with _prefect_api() as client:
+    with _prefect_api(strict) as client:
         if client is None or not names:
             return {}
         fetched: list[FlowRun] = []
@@ -117,15 +128,17 @@ def find_flow_runs(names: Iterable[str]) -> dict[str, FlowRun]:
     return {run.name: run for run in sorted(runs, key=lambda r: r.created or 0)}
 
 
-def close_lost_flow_runs(names: Iterable[str]) -> None:
-    """Close Crashed the flow runs of `names` whose process died before it could close them."""
+def lost_flow_runs(names: Iterable[str]) -> list[str]:
+    """The jobs among `names` whose flow run has not ended although the process running it
+    died: a new supervisor must settle it."""
+    lost = []
     for name, run in find_flow_runs(names).items():
         supervisor = supervisor_of(run)
         if run.state is None or run.state.is_final() or supervisor is None:
             continue
         if process_died(supervisor[0]):
-            message = f"the process running TrainJob {name!r}'s flow (pid {supervisor[1]}) died"
-            close_flow_run(run.id, Crashed(message=message))
+            lost.append(name)
+    return lost
 
 
 def close_flow_run(flow_run_id: UUID, state: State) -> None:

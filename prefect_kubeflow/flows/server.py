@@ -47,6 +47,22 @@ def running_server_url(state_dir: Path = STATE_DIR) -> str | None:
     return url if _healthy(url) else None
 
 
+def _port(state_dir: Path) -> int:
+    """The port for the server: the one it had before if free (running jobs keep the address
+    they were given, and reach the server again once it is back), else a new one."""
+    port_file = state_dir / "port"
+    with socket.socket() as sock:
+        # As the server binds: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", int(port_file.read_text())))
+        except (OSError, ValueError):  # none before, or taken by something else meanwhile
+            sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    port_file.write_text(str(port))
+    return port
+
+
 def ensure_server(state_dir: Path = STATE_DIR, timeout: float = STARTUP_TIMEOUT) -> str:
     """The URL of the embedded server, starting it first if no process has yet."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +71,7 @@ def ensure_server(state_dir: Path = STATE_DIR, timeout: float = STARTUP_TIMEOUT)
         url = running_server_url(state_dir)
         if url:
             return url
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = _port(state_dir)
         url = f"http://127.0.0.1:{port}/api"
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))

@@ -24,14 +24,14 @@ from prefect.states import Cancelled, Pending, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import Backend, JobSpec
+from prefect_kubeflow.backends.base import JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.status import is_active, restart_pending
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
 from prefect_kubeflow.errors import BackendError, JobFailedError, JobResultError
+from prefect_kubeflow.flows.artifacts import publish_progress
 from prefect_kubeflow.flows.cancellation import (
     CANCELLED_FROM_PREFECT,
-    is_cancelling,
     watch_for_cancellation,
 )
 from prefect_kubeflow.flows.gang import (
@@ -41,9 +41,10 @@ from prefect_kubeflow.flows.gang import (
     remove,
     restart_gang,
     watch_node,
+    why_cancelled,
 )
 from prefect_kubeflow.flows.logs import forward_lines
-from prefect_kubeflow.flows.runs import label_flow_run
+from prefect_kubeflow.flows.runs import label_flow_run, node_task_run_name
 from prefect_kubeflow.types import TrainJob
 
 MAX_NODES = 256
@@ -69,29 +70,17 @@ def run_node(
     if phase is None:
         return Cancelled(message=f"TrainJob {job_name!r} was deleted")
     if phase == constants.STEP_FAILED:
-        cancelled = _why_cancelled(backend, job_name)
+        cancelled = why_cancelled(backend, job_name)
         if cancelled is not None:
             return Cancelled(message=f"TrainJob {job_name!r}: {cancelled}")
         raise JobFailedError(job_name, f"{node} failed")
     return phase
 
 
-def _why_cancelled(backend: Backend, name: str) -> str | None:
-    """Why the ended job was stopped on purpose (cancelled, or deleted meanwhile); None when
-    it ended by itself."""
-    cancelled = backend.cancelled(name)
-    if cancelled is None and backend.describe(name) is None:
-        return "it was deleted"
-    return cancelled
-
-
 def _node_task(node_index: int, attempt: int) -> Any:
     """The node task, named ``node-<i>`` on the first attempt and ``node-<i> (attempt n)``
     after gang restarts, so each attempt shows in the Prefect UI."""
-    name = f"{constants.NODE}-{node_index}"
-    return run_node.with_options(
-        task_run_name=name + (f" (attempt {attempt + 1})" if attempt else "")
-    )
+    return run_node.with_options(task_run_name=node_task_run_name(node_index, attempt))
 
 
 def _name_of(job: JobSpec | str | dict[str, Any]) -> str:
@@ -143,8 +132,11 @@ def trainjob(
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
     record_watcher(backend, name)  # this process restarts the gang
-    with watch_for_cancellation(
-        flow_run_id, lambda: cancel_job(backend, name, CANCELLED_FROM_PREFECT)
+    with (
+        watch_for_cancellation(
+            flow_run_id, lambda: cancel_job(backend, name, CANCELLED_FROM_PREFECT)
+        ) as watch,
+        publish_progress(backend, name, flow_run_id),
     ):
         try:
             _run_attempts(backend_config, name, final)
@@ -152,13 +144,13 @@ def trainjob(
             final = finish(backend, name, auto_remove=False)
         except (TerminationSignal, KeyboardInterrupt) as exc:
             # A runner or worker cancelling the run signals this process only, never the nodes.
-            cancel_job(backend, name, _why_interrupted(exc, flow_run_id))
+            cancel_job(backend, name, _why_interrupted(exc, watch.cancelled.is_set()))
             raise
     if final is None:
         return Cancelled(message=f"TrainJob {name!r} was deleted")
     try:
         if final.status != constants.TRAINJOB_COMPLETE:
-            cancelled = _why_cancelled(backend, name)
+            cancelled = why_cancelled(backend, name)
             if cancelled is not None:
                 return Cancelled(message=f"TrainJob {name!r}: {cancelled}")
             raise JobFailedError(name, final.message or f"status {final.status}")
@@ -194,18 +186,25 @@ def _run_attempts(backend_config: TrainingBackendConfig, name: str, job: TrainJo
             return
 
 
-def _why_interrupted(exc: BaseException, flow_run_id: UUID) -> str:
-    """Why the flow's process was told to stop: a cancel from Prefect (a runner or worker
-    sends SIGTERM once the run is Cancelling), else the signal or Ctrl-C."""
+def _why_interrupted(exc: BaseException, seen_cancel: bool) -> str:
+    """Why the flow's process was told to stop, known at once (the nodes stop before the
+    runner's grace period ends): a cancel from Prefect (seen by this flow, or the intent a
+    runner sends before its SIGTERM), else the signal or Ctrl-C."""
     if isinstance(exc, KeyboardInterrupt):
         return "stopped: the process running its flow was interrupted"
-    try:
-        with get_client(sync_client=True) as client:
-            if is_cancelling(client.read_flow_run(flow_run_id)):
-                return CANCELLED_FROM_PREFECT
-    except Exception as read_error:  # the API is down: the signal is all we know
-        get_run_logger().warning("could not read the flow run's state: %s", read_error)
+    if seen_cancel or _runner_intent() == "cancel":
+        return CANCELLED_FROM_PREFECT
     return "stopped: the process running its flow was sent SIGTERM"
+
+
+def _runner_intent() -> str | None:
+    """What the runner said its SIGTERM means (Prefect's control channel), if it said."""
+    try:
+        from prefect._internal import control_listener
+
+        return control_listener.get_intent()
+    except (ImportError, AttributeError):  # an internal API: absent is "unknown"
+        return None
 
 
 def run_trainjob(

@@ -72,6 +72,7 @@ from prefect_kubeflow.backends.jobfiles import (
     read_cancelled,
     read_restarts,
     read_result,
+    read_trainer_status,
     record_watcher,
     restarted_message,
     write_function,
@@ -229,7 +230,9 @@ class ContainerBackend(Backend):
 
         no_restart = no_restart_reason(nodes_dir(job_dir))
         cancelled = read_cancelled(nodes_dir(job_dir))
-        return to_trainjob(record, states, failure, restarts, no_restart, cancelled)
+        job = to_trainjob(record, states, failure, restarts, no_restart, cancelled)
+        job.trainer_status = read_trainer_status(nodes_dir(job_dir))
+        return job
 
     def _failure(self, node: Node, job_dir: Path, index: int, nproc: int) -> str:
         """Why a node failed: the keeper's record, the out-of-memory kill, or the engine's log

@@ -27,7 +27,7 @@ from prefect_kubeflow.backends.status import to_trainjob
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError, UnsupportedOptionError
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, runtimes_from
-from prefect_kubeflow.types import Event, TrainJob
+from prefect_kubeflow.types import Event, TrainerStatus, TrainJob
 
 FAILURE_LOG_LINES = 20
 logger = logging.getLogger(__name__)
@@ -104,10 +104,12 @@ class KubernetesBackend(Backend):
     def cancel(self, name: str, message: str) -> None:
         """Annotate the TrainJob with why it is cancelled, then stop it (suspended, unless a
         node failed already)."""
-        if self._ours(name) is None:
+        trainjob = self._ours(name)
+        if trainjob is None:
             return  # deleted: nothing left to cancel
-        patch = {"metadata": {"annotations": {tj.CANCELLED_KEY: message}}}
-        self.cluster.patch_trainjob(name, patch)
+        if tj.CANCELLED_KEY not in (trainjob["metadata"].get("annotations") or {}):
+            patch = {"metadata": {"annotations": {tj.CANCELLED_KEY: message}}}  # the first why
+            self.cluster.patch_trainjob(name, patch)
         super().cancel(name, message)
 
     def record_event(self, name: str, reason: str, message: str) -> None:
@@ -197,6 +199,10 @@ class KubernetesBackend(Backend):
 
         job = to_trainjob(record, states, failure)
         job.image_digest = tj.image_digest(by_index)
+        # Reported through the Trainer's status server (update_trainjob_status).
+        job.trainer_status = TrainerStatus.from_api(
+            (trainjob.get("status") or {}).get("trainerStatus")
+        )
         job.steps = [
             replace(step, pod_name=by_index[index]["metadata"]["name"])
             if index in by_index

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import urllib3
@@ -28,28 +29,38 @@ _CHUNK = 64 * 1024
 
 @dataclass
 class Position:
-    """Where a stream got to: the last delivered line's time (seconds, nanoseconds) and how
-    many lines of exactly that time were delivered."""
+    """Where a stream got to, for resuming it without a line lost or repeated: the newest
+    second of the lines delivered, and how many lines of each exact time of it and of the
+    second before were delivered. Lines may arrive out of their times' order (stdout and
+    stderr, or a node's processes, are copied apart): none is dropped for that, and a resume
+    starts a second early (``sinceTime`` counts whole seconds), so a late line of the second
+    before is not skipped."""
 
-    last: tuple[int, int] | None = None
-    at_last: int = 0
+    second: int | None = None
+    seen: Counter[tuple[int, int]] = field(default_factory=Counter)
 
     def since_time(self) -> str | None:
-        """``sinceTime`` to resume from: the last second seen (the API's precision)."""
-        if self.last is None:
+        """``sinceTime`` to resume from: the second before the newest one seen."""
+        if self.second is None:
             return None
-        return datetime.fromtimestamp(self.last[0], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = self.second - 1
+        return datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def accept(self, stamp: tuple[int, int], skip: dict[tuple[int, int], int]) -> bool:
-        """Whether a line of time `stamp` is new; `skip` counts lines of the resume second's
-        exact times still to pass over."""
-        if self.last is not None and stamp < self.last:
+    def replay(self) -> Counter[tuple[int, int]]:
+        """The lines a resumed stream sends again (from ``since_time``), to pass over."""
+        return Counter(self.seen)
+
+    def accept(self, stamp: tuple[int, int], replayed: Counter[tuple[int, int]]) -> bool:
+        """Whether a line of time `stamp` is new (not one of `replayed` still to pass over);
+        a new one is recorded."""
+        if replayed[stamp] > 0:
+            replayed[stamp] -= 1
             return False
-        if skip.get(stamp, 0) > 0:
-            skip[stamp] -= 1
-            return False
-        self.at_last = self.at_last + 1 if stamp == self.last else 1
-        self.last = stamp
+        if self.second is None or stamp[0] > self.second:
+            self.second = stamp[0]
+            self.seen = Counter({k: n for k, n in self.seen.items() if k[0] >= self.second - 1})
+        if stamp[0] >= self.second - 1:
+            self.seen[stamp] += 1
         return True
 
 
@@ -95,6 +106,8 @@ def read_pod_log(cluster: Cluster, pod: str, tail_lines: int | None) -> Iterator
     try:
         for _, line in split_records(response):
             yield line
+    except urllib3.exceptions.HTTPError as exc:  # the pod went away as its log was read
+        raise BackendError(f"reading the log of pod {pod} was cut short: {exc}") from exc
     finally:
         response.release_conn()
 
@@ -119,20 +132,18 @@ def follow_pod_log(
         if state is None:
             return
         pod, ended = state
-        skip: dict[tuple[int, int], int] = {}
-        if position.last is not None:
-            skip = {position.last: position.at_last}
+        replayed = position.replay()
         try:
             response = cluster.pod_log(
                 pod,
                 follow=not ended,
-                tail_lines=tail_lines if position.last is None else None,
+                tail_lines=tail_lines if position.second is None else None,
                 since_time=position.since_time(),
                 read_timeout=idle_timeout,
             )
             try:
                 for stamp, line in split_records(response):
-                    if position.accept(stamp, skip):
+                    if position.accept(stamp, replayed):
                         yield line
             finally:
                 response.release_conn()
@@ -144,4 +155,4 @@ def follow_pod_log(
             continue
         if ended:
             return  # this read started after the end: the log is complete
-        tail_lines = None if position.last is not None else tail_lines
+        tail_lines = None if position.second is not None else tail_lines
