@@ -18,7 +18,7 @@ if TYPE_CHECKING:
         TrainingRuntimeSource,
     )
     from prefect_kubeflow.client import TrainerClient
-    from prefect_kubeflow.progress import update_trainjob_status
+    from prefect_kubeflow.progress import TrainerStatus, update_trainjob_status
     from prefect_kubeflow.task_runners import TrainJobTaskRunner
     from prefect_kubeflow.types import (
         CustomTrainer,
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
         Runtime,
         RuntimeTrainer,
         Step,
-        TrainerStatus,
         TrainerType,
         TrainJob,
     )
@@ -51,7 +50,7 @@ _EXPORTS = {
     "Step": "prefect_kubeflow.types",
     "TrainerType": "prefect_kubeflow.types",
     "TrainJob": "prefect_kubeflow.types",
-    "TrainerStatus": "prefect_kubeflow.types",
+    "TrainerStatus": "prefect_kubeflow.progress",
     "update_trainjob_status": "prefect_kubeflow.progress",
 }
 __all__ = [

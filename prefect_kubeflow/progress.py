@@ -4,6 +4,7 @@ Standard library only: it runs in the nodes (a container image has this package 
 not Prefect). Rank 0's report is written to the job's status file, where the backend and the
 job's flow (which turns it into Prefect artifacts) read it; where the Kubeflow Trainer's status
 server is configured (``KUBEFLOW_TRAINER_SERVER_URL``, on a cluster), it is posted there too.
+`TrainerStatus` is a report as read back (``TrainJob.trainer_status``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -118,11 +120,27 @@ def _post(url: str, status: dict[str, Any]) -> bool:
         return False
 
 
-def read_status(path: str) -> dict[str, Any] | None:
-    """The last report written to the status file `path`; None before any."""
-    try:
-        with open(path) as file:
-            data = json.load(file)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+@dataclass
+class TrainerStatus:
+    """Training progress as rank 0 last reported it with `update_trainjob_status` (the
+    Trainer API's ``trainerStatus``)."""
+
+    last_updated_time: datetime
+    progress_percentage: int | None = None
+    estimated_remaining_seconds: int | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: Any) -> TrainerStatus | None:
+        """Read from its JSON form; None when there is none (or it cannot be read)."""
+        try:
+            return cls(
+                last_updated_time=datetime.fromisoformat(
+                    str(data["lastUpdatedTime"]).replace("Z", "+00:00")
+                ),
+                progress_percentage=data.get("progressPercentage"),
+                estimated_remaining_seconds=data.get("estimatedRemainingSeconds"),
+                metrics={str(m["name"]): str(m["value"]) for m in data.get("metrics") or []},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None

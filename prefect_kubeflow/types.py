@@ -27,6 +27,7 @@ from prefect_kubeflow.errors import (
     InvalidInputError,
     InvalidPackageSpecError,
 )
+from prefect_kubeflow.progress import TrainerStatus
 from prefect_kubeflow.resources import memory_bytes, quantity
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -333,32 +334,6 @@ class Restart:
     attempt: int
     reason: str
     time: datetime
-
-
-@dataclass
-class TrainerStatus:
-    """Training progress as rank 0 last reported it with `update_trainjob_status` (the
-    Trainer API's ``trainerStatus``)."""
-
-    last_updated_time: datetime
-    progress_percentage: int | None = None
-    estimated_remaining_seconds: int | None = None
-    metrics: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_api(cls, data: Any) -> TrainerStatus | None:
-        """Read from its JSON form; None when there is none (or it cannot be read)."""
-        try:
-            return cls(
-                last_updated_time=datetime.fromisoformat(
-                    str(data["lastUpdatedTime"]).replace("Z", "+00:00")
-                ),
-                progress_percentage=data.get("progressPercentage"),
-                estimated_remaining_seconds=data.get("estimatedRemainingSeconds"),
-                metrics={str(m["name"]): str(m["value"]) for m in data.get("metrics") or []},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
 
 
 @dataclass

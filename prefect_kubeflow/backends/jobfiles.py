@@ -22,7 +22,8 @@ from prefect_kubeflow.backends.eventlog import EVENTS_FILE, NODE_KIND, append_ev
 from prefect_kubeflow.backends.logfile import STDERR, read_node_log
 from prefect_kubeflow.backends.status import exit_header
 from prefect_kubeflow.files import write_json_atomic
-from prefect_kubeflow.types import Event, Restart, TrainerStatus
+from prefect_kubeflow.progress import TrainerStatus
+from prefect_kubeflow.types import Event, Restart
 
 
 def write_function(job_dir: Path, spec: JobSpec) -> None:

@@ -16,7 +16,7 @@ from prefect import get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 
 from prefect_kubeflow.backends.base import Backend
-from prefect_kubeflow.types import TrainerStatus
+from prefect_kubeflow.progress import TrainerStatus
 
 POLL_SECONDS = 2.0
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from prefect.states import Cancelled, Pending, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_kubeflow import constants
-from prefect_kubeflow.backends.base import JobSpec
+from prefect_kubeflow.backends.base import Backend, JobSpec
 from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.status import is_active, restart_pending
 from prefect_kubeflow.blocks.base import TrainingBackendConfig
@@ -123,11 +123,7 @@ def trainjob(
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
     flow_run_id = context.flow_run.id
-    label_flow_run(flow_run_id, name)
-    try:
-        backend.record_flow_run(name, str(flow_run_id))
-    except BackendError as exc:  # a link for people to follow; the job runs without it
-        get_run_logger().warning("could not record the flow run on TrainJob %s: %s", name, exc)
+    _link_flow_run(backend, name, flow_run_id)
     final = backend.describe(name)
     if final is None:
         return Cancelled(message=f"no TrainJob {name!r}: it was deleted, or never created")
@@ -164,6 +160,15 @@ def trainjob(
     finally:  # the result is read first: removing the job removes it
         if backend_config.auto_remove:
             remove(backend, name)
+
+
+def _link_flow_run(backend: Backend, name: str, flow_run_id: UUID) -> None:
+    """Label the flow run with its job and this process, and the job with its flow run."""
+    label_flow_run(flow_run_id, name)
+    try:
+        backend.record_flow_run(name, str(flow_run_id))
+    except BackendError as exc:  # a link for people to follow; the job runs without it
+        get_run_logger().warning("could not record the flow run on TrainJob %s: %s", name, exc)
 
 
 def _run_attempts(backend_config: TrainingBackendConfig, name: str, job: TrainJob) -> None:

@@ -26,8 +26,9 @@ from prefect_kubeflow.backends.logfile import LogLine
 from prefect_kubeflow.backends.status import to_trainjob
 from prefect_kubeflow.backends.torchrun import resolve_nproc_per_node
 from prefect_kubeflow.errors import BackendError, RuntimeNotFoundError, UnsupportedOptionError
+from prefect_kubeflow.progress import TrainerStatus
 from prefect_kubeflow.runtimes.parsing import RuntimeSpec, runtimes_from
-from prefect_kubeflow.types import Event, TrainerStatus, TrainJob
+from prefect_kubeflow.types import Event, TrainJob
 
 FAILURE_LOG_LINES = 20
 logger = logging.getLogger(__name__)
