@@ -25,7 +25,7 @@ from _common import isolated_home, supervisor_of
 # Submit -> every node's first line, ours over raw (issue: one backend contract).
 TARGET = 1.10
 
-IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
+IMAGE = "localhost/prefect-kubeflow-test:debian12-torch1.13"
 NODES = 4
 MARKER = "first-line-of-node"
 

@@ -29,7 +29,7 @@ LIST_TARGET = 0.5
 SDK_SAMPLE = 50
 JOBS = int(__import__("os").environ.get("PK_BENCH_JOBS", "1000"))
 NODES = 2
-IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
+IMAGE = "localhost/prefect-kubeflow-test:debian12-torch1.13"
 MARKER = "first-line-of-node"
 
 

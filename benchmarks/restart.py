@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import isolated_home
 
-IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
+IMAGE = "localhost/prefect-kubeflow-test:debian12-torch1.13"
 
 
 def fails_once() -> None:

@@ -21,7 +21,7 @@ from prefect_kubeflow.backends.container.specs import JOB_LABEL
 from prefect_kubeflow.backends.kubernetes.trainjob import INDEX_LABEL, JOBSET_LABEL
 from prefect_kubeflow.blocks import TrainingBackendConfig
 
-TEST_IMAGE = os.environ.get("PK_TEST_IMAGE", "localhost/prefect-kubeflow-test:torch-2.13.0")
+TEST_IMAGE = os.environ.get("PK_TEST_IMAGE", "localhost/prefect-kubeflow-test:debian12-torch1.13")
 
 
 def engine_client(engine: str) -> docker.DockerClient:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import flow_run_of, read_task_run_logs, task_run_states, wait_for
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from training_functions import paced_lines_of
 
 from prefect_kubeflow import LocalProcessBackendConfig, TrainerClient
 from prefect_kubeflow.constants import constants
@@ -57,7 +58,7 @@ def _assert_delivered_once(url: str, name: str, count: int) -> None:
         assert run.state.is_completed(), run.state
         assert task_run_states(run.id) == {"node-0": "COMPLETED"}
         lines = [log.message for log in read_task_run_logs(run.id, "node-0")]
-    assert lines == [f"rank 0 line {i}" for i in range(count)]
+    assert paced_lines_of(lines, 0) == [f"rank 0 line {i}" for i in range(count)]
 
 
 def _outage(client: TrainerClient, name: str, stop, start) -> None:

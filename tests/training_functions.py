@@ -148,6 +148,12 @@ def paced_lines(count: int = 100, seconds: float = 15.0):
         time.sleep(seconds / count)
 
 
+def paced_lines_of(messages: list[str], rank: int) -> list[str]:
+    """The lines `paced_lines` wrote on `rank`, in the order given: torch's own chatter (a
+    missing-NumPy warning, an agent's shutdown error) is not the function's and may vary."""
+    return [message for message in messages if message.startswith(f"rank {rank} line ")]
+
+
 def reports_progress():
     """Reports progress twice (a third report, too soon after the first, is throttled)."""
     import os

@@ -24,7 +24,7 @@ from .store import Store
 from .tls import kubeconfig, make_certificates
 from .util import deep, dig, new_uid, rfc3339
 
-TEST_IMAGE = "localhost/prefect-kubeflow-test:torch-2.13.0"
+TEST_IMAGE = "localhost/prefect-kubeflow-test:debian12-torch1.13"
 DATA = Path(__file__).resolve().parent.parent / "data" / "k8s"
 USER = "system:serviceaccount:default:prefect"
 CRD_FILES = (
