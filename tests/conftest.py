@@ -7,6 +7,10 @@ from pathlib import Path
 
 # Before Prefect is imported: a throw-away Prefect home and user folders, no analytics.
 _ROOT = Path(tempfile.mkdtemp(prefix="prefect-kubeflow-tests-"))
+# The test cluster's binaries (and Go's build cache) stay in the user's own cache folder.
+os.environ.setdefault(
+    "PK_USER_CACHE_HOME", os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+)
 os.environ["PREFECT_HOME"] = str(_ROOT / "prefect-home")
 os.environ["XDG_CACHE_HOME"] = str(_ROOT / "cache")
 os.environ["XDG_DATA_HOME"] = str(_ROOT / "data")

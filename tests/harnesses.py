@@ -210,6 +210,81 @@ class KubernetesHarness:
         self.cluster.stop()
 
 
+class RealClusterHarness:
+    """The real test cluster (`realcluster`: kube-apiserver, Kubeflow Trainer, JobSet, our node
+    agent running pods as Docker containers), one per session; a namespace per harness. What a
+    job has is its TrainJob, its pods, and their containers and network. It runs the part of
+    the conformance suite listed in `test_real_cluster.py`."""
+
+    id = "kubernetes"
+    # A pod log interleaves stdout and stderr (the API serves one stream): all lines are INFO.
+    stderr_is_warning = False
+
+    def __init__(self, root: Path) -> None:
+        from realcluster import RealCluster
+
+        engine_client("docker")
+        self.root = root
+        self.cluster = RealCluster.get()
+        self.namespace = self.cluster.new_namespace()
+        (self.cluster.shared / self.namespace).mkdir(mode=0o777)
+
+    def config(self, **overrides) -> TrainingBackendConfig:
+        return KubernetesBackendConfig(
+            config_file=str(self.cluster.kubeconfig),
+            namespace=self.namespace,
+            delete_timeout_seconds=60,
+            **overrides,
+        )
+
+    def shared(self) -> tuple[Path, str]:
+        return self.cluster.shared / self.namespace, f"/shared/{self.namespace}"
+
+    def running(self, name: str) -> list[str]:
+        ended = ("exited", "dead", "created")
+        return [
+            f"container {c.name}"
+            for c in self.cluster.containers(self.namespace, name)
+            if c.status not in ended and c.labels.get("pk-node-agent.role") == "container"
+        ]
+
+    def leftovers(self, name: str) -> list[str]:
+        def of_job(obj: dict) -> bool:
+            labels = obj["metadata"].get("labels") or {}
+            return obj["metadata"]["name"] == name or labels.get(JOBSET_LABEL) == name
+
+        return (
+            [f"container {c.name}" for c in self.cluster.containers(self.namespace, name)]
+            + [f"network {n.name}" for n in self.cluster.networks(self.namespace, name)]
+            + [
+                f"{resource} {obj['metadata']['name']}"
+                for resource in ("trainjobs", "pods")
+                for obj in self.cluster.objects(resource, self.namespace)
+                if of_job(obj)
+            ]
+        )
+
+    def kill_node(self, name: str, index: int) -> None:
+        """SIGKILL the node's running container, as a crash would."""
+        [pod] = [
+            pod["metadata"]["name"]
+            for pod in self.cluster.objects("pods", self.namespace)
+            if pod["metadata"]["labels"].get(JOBSET_LABEL) == name
+            and pod["metadata"]["labels"].get(INDEX_LABEL) == str(index)
+        ]
+        [container] = [
+            c
+            for c in self.cluster.containers(self.namespace, name)
+            if c.labels.get("pk-node-agent.pod") == pod
+            and c.labels.get("pk-node-agent.role") == "container"
+            and c.status == "running"
+        ]
+        container.kill()
+
+    def close(self) -> None:
+        self.cluster.core.delete_namespace(self.namespace)
+
+
 HARNESSES = {
     "local": LocalHarness,
     "docker": lambda root: ContainerHarness("docker", root),

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -25,6 +26,10 @@ TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 # Where rank 0's progress reports (`prefect_kubeflow.update_trainjob_status`) go.
 STATUS_FILE_ENV = "PREFECT_KUBEFLOW_STATUS_FILE"
 STATUS_FILE = "trainer-status.json"
+# torchrun before 2.0 holds a failed node in its exit barrier until every other node arrives
+# (300 s), so the gang's teardown, which starts when a node ends, would wait that long. A failed
+# rank ends its agent if the agent is still there this long after (newer ones have exited).
+AGENT_GRACE_SECONDS = 3.0
 
 
 def _die_with_parent() -> None:
@@ -74,6 +79,7 @@ def main(job_dir: str) -> None:
             isinstance(exc, SystemExit) and exc.code not in (None, 0)
         ):
             _record_error(job_dir)
+            _end_the_agent_after_grace()
         raise
 
 
@@ -107,6 +113,31 @@ def _record_error(job_dir: str) -> None:
             file.write("".join(traceback.format_exc().splitlines(keepends=True)[-40:]))
     except OSError:
         pass  # a read-only job folder: the traceback is still in the node's log
+
+
+def _end_the_agent_after_grace() -> None:
+    """Fork a watchdog that SIGTERMs this worker's torchrun agent if it outlives the grace."""
+    agent = os.getppid()
+    if agent <= 1:
+        return
+    try:
+        if os.fork():
+            return
+    except OSError:
+        return
+    try:  # the watchdog: it holds none of the node's pipes, and runs no Python clean-up
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        deadline = time.monotonic() + AGENT_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            os.kill(agent, 0)  # ProcessLookupError once the agent has gone
+            time.sleep(0.1)
+        os.kill(agent, signal.SIGTERM)
+    except OSError:
+        pass
+    finally:
+        os._exit(0)
 
 
 if __name__ == "__main__":
