@@ -10,6 +10,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from realcluster import AGENT_LABEL
 
 from prefect_kubeflow import (
     ContainerBackendConfig,
@@ -245,7 +246,7 @@ class RealClusterHarness:
         return [
             f"container {c.name}"
             for c in self.cluster.containers(self.namespace, name)
-            if c.status not in ended and c.labels.get("pk-node-agent.role") == "container"
+            if c.status not in ended and c.labels.get(f"{AGENT_LABEL}.role") == "container"
         ]
 
     def leftovers(self, name: str) -> list[str]:
@@ -275,8 +276,8 @@ class RealClusterHarness:
         [container] = [
             c
             for c in self.cluster.containers(self.namespace, name)
-            if c.labels.get("pk-node-agent.pod") == pod
-            and c.labels.get("pk-node-agent.role") == "container"
+            if c.labels.get(f"{AGENT_LABEL}.pod") == pod
+            and c.labels.get(f"{AGENT_LABEL}.role") == "container"
             and c.status == "running"
         ]
         container.kill()

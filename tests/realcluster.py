@@ -53,7 +53,6 @@ class RealCluster:
         )
         if done.returncode != 0:
             raise RuntimeError(f"the test cluster did not start:\n{done.stderr[-4000:]}")
-        self.started = done.stderr.strip().splitlines()[-2:]
         api = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = kubernetes.client.CoreV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
